@@ -1,0 +1,1 @@
+"""The joint detect-and-embed network (OIM), its export to ONNX and its inference engines."""

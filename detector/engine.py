@@ -1,0 +1,167 @@
+"""Inference engines behind one interface: plain torch (the reference) and ONNX Runtime (TensorRT / CUDA / CPU).
+
+Every engine takes decoded RGB frames (H, W, 3) uint8 of any size and returns, per frame, person boxes in original
+pixels, detection scores and unit-norm identity embeddings; and embeds given person boxes (the query graph).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.export import DETECT_GRAPH, MANIFEST, QUERY_GRAPH
+from detector.model import OIMNet
+
+logger = logging.getLogger(__name__)
+
+# Preferred first; only those the installed onnxruntime offers are used.
+ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass
+class Detections:
+    """The persons found in one frame."""
+
+    boxes: np.ndarray  # (D, 4) float32 x1y1x2y2 in original pixels
+    scores: np.ndarray  # (D,) float32 in [0, 1]
+    embeddings: np.ndarray  # (D, E) float32, unit L2 norm
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB image (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def _check_boxes(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if np.any(boxes[:, 2] <= boxes[:, 0]) or np.any(boxes[:, 3] <= boxes[:, 1]):
+        raise ValueError("boxes must be x1y1x2y2 with x2 > x1 and y2 > y1")
+    return boxes
+
+
+class Engine(ABC):
+    """The detect-and-embed network, however it is run."""
+
+    name: str
+
+    @abstractmethod
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """images: RGB (H, W, 3) uint8, sizes may differ -> one Detections per image."""
+
+    @abstractmethod
+    def embed(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """image: RGB (H, W, 3) uint8; boxes: (K, 4) x1y1x2y2 pixels -> (K, E) unit-norm embeddings."""
+
+
+class TorchEngine(Engine):
+    """The reference engine: the PyTorch module, eager."""
+
+    name = "torch"
+
+    def __init__(self, model: OIMNet, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(_check_image(image)).to(self.device).permute(2, 0, 1).float() / 255.0
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        if not images:
+            return []
+        out = self.model([self._tensor(img) for img in images])
+        assert isinstance(out, list)
+        return [
+            Detections(
+                r["boxes"].float().cpu().numpy(),
+                r["scores"].float().cpu().numpy(),
+                r["embeddings"].float().cpu().numpy(),
+            )
+            for r in out
+        ]
+
+    @torch.no_grad()
+    def embed(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        b = torch.from_numpy(_check_boxes(boxes)).to(self.device)
+        return self.model.embed_boxes([self._tensor(image)], [b])[0].float().cpu().numpy()
+
+
+class OnnxRuntimeEngine(Engine):
+    """The exported graphs under ONNX Runtime, on the best execution provider installed."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: Path, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        for graph in (DETECT_GRAPH, QUERY_GRAPH):
+            if not (model_dir / graph).is_file():
+                raise FileNotFoundError(f"{model_dir / graph} missing: run `personsearch export` first")
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or ORT_PROVIDER_PREFERENCE) if p in available] or ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.detect_session = ort.InferenceSession(str(model_dir / DETECT_GRAPH), opts, providers=chosen)
+        self.query_session = ort.InferenceSession(str(model_dir / QUERY_GRAPH), opts, providers=chosen)
+        self.providers = self.detect_session.get_providers()
+        manifest = model_dir / MANIFEST
+        self.config = json.loads(manifest.read_text())["config"] if manifest.is_file() else {}
+        logger.info("onnxruntime engine on %s", ", ".join(self.providers))
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        # The detection graph takes one image: frames of different cameras differ in size.
+        results = []
+        for image in images:
+            boxes, scores, embeddings = self.detect_session.run(None, {"image": _check_image(image)})
+            results.append(Detections(boxes, scores, embeddings))
+        return results
+
+    def embed(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        (emb,) = self.query_session.run(None, {"image": _check_image(image), "boxes": _check_boxes(boxes)})
+        return emb
+
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def load_engine(
+    kind: str = "torch",
+    weights: Path | None = None,
+    onnx_dir: Path | None = None,
+    device: str = "cpu",
+) -> Engine:
+    """Build an engine: ``torch`` from a weights file (default: the bundled demo), ``onnxruntime`` from an export.
+
+    With ``onnxruntime`` and no ``onnx_dir``, the weights are exported to a cache folder beside them first.
+    """
+    from detector.weights import DEMO_WEIGHTS, load_model
+
+    if kind == "torch":
+        return TorchEngine(load_model(weights, device), device)
+    if kind == "onnxruntime":
+        if onnx_dir is None:
+            from detector.export import export_onnx
+
+            src = Path(weights) if weights is not None else DEMO_WEIGHTS
+            onnx_dir = src.with_suffix(".onnx.d")
+            if (
+                not (onnx_dir / DETECT_GRAPH).is_file()
+                or (onnx_dir / DETECT_GRAPH).stat().st_mtime < src.stat().st_mtime
+            ):
+                export_onnx(load_model(src), onnx_dir)
+        return OnnxRuntimeEngine(onnx_dir)
+    raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,55 @@
+"""Model weight files: one ``.pt`` holding the configuration, the state dict and provenance, and the bundled demo."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector.config import ModelConfig
+from detector.model import OIMNet
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FORMAT = "personsearch-oim/1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEMO_WEIGHTS = WEIGHTS_DIR / "oim-r18-demo.pt"
+
+
+def save_weights(model: OIMNet, path: Path, half: bool = False, meta: dict[str, Any] | None = None) -> Path:
+    """Write the model's weights with its config; ``half`` stores floating tensors as fp16 (halves the file)."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"format": WEIGHTS_FORMAT, "config": model.cfg.model_dump(), "state_dict": state, "meta": meta or {}},
+        path,
+    )
+    return path
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """Read a weights file (or a training checkpoint, which embeds one) and check its format."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(blob, dict) and "weights" in blob and isinstance(blob["weights"], dict):
+        blob = blob["weights"]  # a training checkpoint
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a personsearch weights file (expected format {WEIGHTS_FORMAT})")
+    return blob
+
+
+def load_model(path: Path | None = None, device: str | torch.device = "cpu") -> OIMNet:
+    """Build the network described by a weights file and load it in eval mode (default: the bundled demo model)."""
+    path = Path(path) if path is not None else DEMO_WEIGHTS
+    blob = read_weights(path)
+    cfg = ModelConfig(**{**blob["config"], "pretrained": "none"})  # the file has the weights; download nothing
+    model = OIMNet(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    model.load_state_dict(state)
+    logger.info("loaded %s (%s) from %s", cfg.name, blob.get("meta", {}).get("description", ""), path)
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Tracking, FAISS index and search (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Camera ingest: decode streams, sample, publish frames (see docs/architecture.md)."""

@@ -1,0 +1,5 @@
+import sys
+
+from personsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The personsearch command: synth, eval (model and saved results), export, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.io import loadmat
+
+from detector.config import ModelConfig, get_model_config
+from detector.model import build_model
+from detector.weights import save_weights
+from personsearch.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random network at a small input size: the CLI plumbing does not need a trained one."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**get_model_config("oim-r18-demo").model_dump(), "min_size": 192, "max_size": 256})
+    return save_weights(build_model(cfg), tmp_path_factory.mktemp("w") / "w.pt", half=True)
+
+
+def test_synth_command_writes_the_cuhk_sysu_layout(tmp_path: Path) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--seed", "1", "--preset", "tiny"]) == 0
+    assert any((tmp_path / "Image" / "SSM").glob("s*.jpg"))
+    assert "TestG50" in loadmat(tmp_path / "annotation/test/train_test/TestG50.mat")
+    assert "Img" in loadmat(tmp_path / "annotation/Images.mat")
+
+
+def test_eval_writes_protocol_keys_and_a_saved_results_file_scores_the_same(
+    tiny_world: Path, small_weights: Path, tmp_path: Path
+) -> None:
+    out, saved = tmp_path / "out.json", tmp_path / "results.npz"
+    args = ["eval", "--data", str(tiny_world), "--gallery-size", "50", "--weights", str(small_weights)]
+    assert main([*args, "--json", str(out), "--save-results", str(saved)]) == 0
+    res = json.loads(out.read_text())
+    for key in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall", "gallery_size"):
+        assert key in res
+    assert res["gallery_size"] == 50 and 0.0 <= res["mAP"] <= 1.0
+    again = tmp_path / "again.json"
+    assert (
+        main(["eval", "--data", str(tiny_world), "--gallery-size", "50", "--results", str(saved), "--json", str(again)])
+        == 0
+    )
+    res2 = json.loads(again.read_text())
+    for key in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall"):
+        assert res2[key] == pytest.approx(res[key], abs=1e-6)
+
+
+def test_eval_reports_a_missing_dataset_as_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", "--data", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r.npz")]) == 2
+
+
+def test_export_command_writes_detection_and_query_graphs(small_weights: Path, tmp_path: Path) -> None:
+    assert main(["export", "--weights", str(small_weights), "--out", str(tmp_path / "onnx")]) == 0
+    manifest = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert (tmp_path / "onnx" / manifest["detect"]).stat().st_size > 1_000_000
+    assert (tmp_path / "onnx" / manifest["query"]).stat().st_size > 1_000_000
+    assert manifest["config"]["min_size"] == 192

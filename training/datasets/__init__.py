@@ -1,0 +1,1 @@
+"""Person-search datasets: CUHK-SYSU layout reader and the records the evaluator consumes."""

@@ -1,0 +1,101 @@
+"""Run an engine over a dataset's test split and score it with the evaluator (training and ``personsearch eval``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from detector.engine import Detections, Engine
+from training.data import load_rgb
+from training.datasets.cuhk_sysu import CUHKSYSU
+from training.datasets.records import QueryRecord
+from training.evaluation import PersonSearchEvaluator, save_results
+
+logger = logging.getLogger(__name__)
+
+
+def detect_gallery(
+    engine: Engine, dataset: CUHKSYSU, names: Iterable[str], batch_size: int = 1, progress: bool = True
+) -> dict[str, Detections]:
+    """Detect and embed every named test image once (all gallery sizes reuse the result)."""
+    names = sorted(set(names))
+    out: dict[str, Detections] = {}
+    bar = tqdm(total=len(names), desc="gallery", unit="img", disable=not progress, leave=False)
+    for i in range(0, len(names), batch_size):
+        chunk = names[i : i + batch_size]
+        for name, det in zip(chunk, engine.detect([load_rgb(str(dataset.image_path(n))) for n in chunk])):
+            out[name] = det
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def embed_queries(engine: Engine, dataset: CUHKSYSU, queries: list[QueryRecord], progress: bool = True) -> np.ndarray:
+    """The paper's query protocol: embed each query's ground-truth box in its image -> (Q, E)."""
+    feats = []
+    for q in tqdm(queries, desc="queries", unit="q", disable=not progress, leave=False):
+        feats.append(engine.embed(load_rgb(str(dataset.image_path(q.name))), q.box[None, :])[0])
+    return np.stack(feats) if feats else np.zeros((0, 0), np.float32)
+
+
+def evaluate_engine(
+    engine: Engine,
+    dataset: CUHKSYSU,
+    gallery_sizes: Iterable[int] = (100,),
+    subsets: Iterable[str | None] = (None,),
+    det_thresh: float = 0.5,
+    max_queries: int | None = None,
+    results_path: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate ``engine`` for every (gallery size, subset) and return one result dict each.
+
+    ``results_path`` (optional) saves the gallery detections and the embeddings of every query of the protocol in
+    the results-file format (docs/evaluation.md), so they can be scored again without the model.
+    """
+    gallery_sizes, subsets = list(gallery_sizes), list(subsets)
+    protocols = [(g, s, dataset.queries(g, subset=s)[:max_queries]) for g in gallery_sizes for s in subsets]
+    scenes = dataset.test_scenes()
+    wanted = {q.name for *_, qs in protocols for q in qs}
+    wanted |= {g.name for *_, qs in protocols for q in qs for g in q.gallery}
+    wanted |= {s.name for s in scenes}  # detection AP/recall is measured over every test image
+    detections = detect_gallery(engine, dataset, wanted, progress=progress)
+    query_cache: dict[tuple[str, tuple[float, ...]], np.ndarray] = {}
+
+    def query_embeddings(queries: list[QueryRecord]) -> np.ndarray:
+        missing = [q for q in queries if _key(q) not in query_cache]
+        for q, f in zip(missing, embed_queries(engine, dataset, missing, progress=progress)):
+            query_cache[_key(q)] = f
+        return np.stack([query_cache[_key(q)] for q in queries])
+
+    results = []
+    for _gallery_size, subset, queries in protocols:
+        evaluator = PersonSearchEvaluator(scenes, queries, det_thresh=det_thresh, subset=subset)
+        evaluator.reset()
+        for name, det in detections.items():
+            evaluator.process_gallery(name, det.boxes, det.scores, det.embeddings)
+        for i, f in enumerate(query_embeddings(queries)):
+            evaluator.process_query(i, f)
+        res = evaluator.evaluate()
+        res["subset"] = subset or "all"
+        results.append(res)
+    if results_path is not None:
+        # A results file holds every query of the protocol (the TestG list), whatever subset or cap was scored.
+        names = sorted(detections)
+        save_results(
+            results_path,
+            image_names=names,
+            det_boxes=[detections[n].boxes for n in names],
+            det_scores=[detections[n].scores for n in names],
+            det_embeddings=[detections[n].embeddings for n in names],
+            query_embeddings=query_embeddings(dataset.queries(gallery_sizes[0])),
+        )
+    return results
+
+
+def _key(q: QueryRecord) -> tuple[str, tuple[float, ...]]:
+    return q.name, tuple(q.box.tolist())

@@ -1,0 +1,1 @@
+"""Synthetic person-search world: a deterministic renderer of scenes and identities."""

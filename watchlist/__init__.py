@@ -1,0 +1,1 @@
+"""Watchlist and alerts (see docs/architecture.md)."""
