@@ -45,7 +45,7 @@ class SynthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_identities: int = Field(default=120, ge=1)
+    train_identities: int = Field(default=360, ge=1)
     test_identities: int = Field(default=60, ge=1)
     train_images: int = Field(default=1500, ge=1)
     pool_images: int = Field(default=400, ge=2)  # the test images (pool.mat); galleries are drawn from them
@@ -61,9 +61,9 @@ class SynthConfig(BaseModel):
         default=0.7, gt=0, le=1
     )  # queries this occluded or worse form the Occlusion subset
     hard_visible_max: float = Field(default=0.5, ge=0, le=1)  # boxes this occluded or worse get ishard = 1
-    train_instances: tuple[int, int] = (6, 14)  # images per training identity (inclusive range)
+    train_instances: tuple[int, int] = (4, 10)  # images per training identity (inclusive range)
     test_instances: tuple[int, int] = (2, 5)  # pool images per test identity, one of them holds its query
-    max_labeled_per_image: int = Field(default=3, ge=1)
+    max_labeled_per_image: int = Field(default=4, ge=1)
     passersby: tuple[int, int] = (2, 4)  # unlabeled people per image (inclusive range)
     lookalike_fraction: float = Field(
         default=0.3, ge=0, le=1
