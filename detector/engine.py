@@ -54,6 +54,7 @@ class Engine(ABC):
     """The detect-and-embed network, however it is run."""
 
     name: str
+    model_name: str  # the network's config name: embeddings of different models must never be compared
 
     @abstractmethod
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -72,9 +73,13 @@ class TorchEngine(Engine):
     def __init__(self, model: OIMNet, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.model_name = model.cfg.name
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(_check_image(image)).to(self.device).permute(2, 0, 1).float() / 255.0
+        image = _check_image(image)
+        if not image.flags.writeable:  # torch wants writable memory; frames decoded from JPEG often are not
+            image = image.copy()
+        return torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -120,6 +125,7 @@ class OnnxRuntimeEngine(Engine):
         self.providers = self.detect_session.get_providers()
         manifest = model_dir / MANIFEST
         self.config = json.loads(manifest.read_text())["config"] if manifest.is_file() else {}
+        self.model_name = str(self.config.get("name", model_dir.name))
         logger.info("onnxruntime engine on %s", ", ".join(self.providers))
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -138,6 +144,17 @@ class OnnxRuntimeEngine(Engine):
 ENGINES = ("torch", "onnxruntime")
 
 
+def onnx_cache_dir(weights: Path) -> Path:
+    """Where the export of ``weights`` is cached: per content hash under the user's cache (site-packages may be
+    read-only), ``$PERSONSEARCH_CACHE`` or ``~/.cache/personsearch``."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    root = Path(os.environ.get("PERSONSEARCH_CACHE", Path.home() / ".cache" / "personsearch"))
+    return root / "onnx" / f"{Path(weights).stem}-{digest}"
+
+
 def load_engine(
     kind: str = "torch",
     weights: Path | None = None,
@@ -146,7 +163,7 @@ def load_engine(
 ) -> Engine:
     """Build an engine: ``torch`` from a weights file (default: the bundled demo), ``onnxruntime`` from an export.
 
-    With ``onnxruntime`` and no ``onnx_dir``, the weights are exported to a cache folder beside them first.
+    With ``onnxruntime`` and no ``onnx_dir``, the weights are exported once to a cache folder (``onnx_cache_dir``).
     """
     from detector.weights import DEMO_WEIGHTS, load_model
 
@@ -157,11 +174,8 @@ def load_engine(
             from detector.export import export_onnx
 
             src = Path(weights) if weights is not None else DEMO_WEIGHTS
-            onnx_dir = src.with_suffix(".onnx.d")
-            if (
-                not (onnx_dir / DETECT_GRAPH).is_file()
-                or (onnx_dir / DETECT_GRAPH).stat().st_mtime < src.stat().st_mtime
-            ):
+            onnx_dir = onnx_cache_dir(src)
+            if not (onnx_dir / MANIFEST).is_file():  # the manifest is written last: its presence means complete
                 export_onnx(load_model(src), onnx_dir)
         return OnnxRuntimeEngine(onnx_dir)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
