@@ -183,9 +183,10 @@ class CameraDecoder:
                         continue
                     now = time.monotonic()
                     decoded += 1
-                    t = frame.time
-                    if t is None:  # a raw elementary stream has no timestamps: count frames at the stream's rate
-                        t = decoded / rate if self.cfg.is_file else now
+                    # Files: media time (a raw elementary stream has none: count frames at the stream's rate).
+                    # Live sources: arrival time (their first frames may lack timestamps).
+                    media_t = frame.time if frame.time is not None else decoded / rate
+                    t = media_t if self.cfg.is_file else now
                     if wall0 is None or media0 is None:
                         wall0, media0 = now, t
                     if self.cfg.is_file:  # play a file at its own pace, as a camera would deliver it

@@ -18,6 +18,7 @@ from ingest.cameras import CameraConfig, CameraExists, CameraRegistry, CameraSta
 from ingest.decoder import CameraDecoder, IngestOptions, backoff_delay, fit_size
 from ingest.service import IngestService
 from personsearch.streams import FrameMessage, Groups, Keys, StreamConsumer, decode
+from tests.support.rtsp import RtspServer, rtsp_available, write_h264_mp4
 
 FAST = IngestOptions(
     frame_stream_maxlen=500, open_timeout_s=2, read_timeout_s=2, backoff_initial_s=0.1, backoff_cap_s=0.4
@@ -213,3 +214,48 @@ def test_service_follows_the_registry_starting_and_stopping_decoders(
         stop.set()
         thread.join(20)
     assert not thread.is_alive() and service.running == {}
+
+
+# -- over a real RTSP server (GStreamer's, from Debian's packages) --------------------------------------------------
+
+rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
+
+
+@rtsp
+def test_rtsp_camera_goes_live_survives_a_server_restart_and_counts_the_reconnect(
+    r: redis.Redis, keys: Keys, registry: CameraRegistry, tmp_path: Path
+) -> None:
+    clip = write_h264_mp4(tmp_path / "clip.mp4", seconds=3.0, size=(320, 240), fps=15)
+    with RtspServer({"cam": clip}) as server:
+        cfg = registry.add(CameraConfig(id="street", url=server.url("cam"), fps=5, max_size=160))
+        with Running(cfg, r, keys):
+            wait_for(lambda: registry.status("street").state is CameraState.LIVE, 20, "live over RTSP")
+            wait_for(lambda: r.xlen(keys.frames("street")) >= 10, 20, "frames over RTSP")
+            frame = frames_of(r, keys, "street")[-1]
+            assert (frame.width, frame.height) == (160, 120)
+            assert 3.0 <= registry.status("street").fps <= 7.0  # sampled to 5 fps from 15
+            server.stop()
+            wait_for(lambda: registry.status("street").state is not CameraState.LIVE, 20, "the loss to be noticed")
+            before = r.xlen(keys.frames("street"))
+            server.restart()
+            wait_for(lambda: registry.status("street").state is CameraState.LIVE, 30, "live again after restart")
+            wait_for(lambda: r.xlen(keys.frames("street")) > before + 5, 20, "frames after the restart")
+    status = registry.status("street")
+    assert status.reconnects >= 1
+
+
+@rtsp
+def test_a_hung_rtsp_server_is_detected_by_the_read_timeout(
+    r: redis.Redis, keys: Keys, registry: CameraRegistry, tmp_path: Path
+) -> None:
+    clip = write_h264_mp4(tmp_path / "clip.mp4", seconds=3.0, size=(320, 240), fps=15)
+    with RtspServer({"cam": clip}) as server:
+        cfg = registry.add(CameraConfig(id="hung", url=server.url("cam"), fps=5))
+        with Running(cfg, r, keys):
+            wait_for(lambda: registry.status("hung").state is CameraState.LIVE, 20, "live over RTSP")
+            server.pause()  # the process is frozen: the TCP connection stays open, no data comes
+            try:
+                wait_for(lambda: registry.status("hung").state is not CameraState.LIVE, 30, "the time-out")
+            finally:
+                server.resume()
+            wait_for(lambda: registry.status("hung").state is CameraState.LIVE, 30, "live again")

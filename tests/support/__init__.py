@@ -1,0 +1,1 @@
+"""Test support: real media servers and media files that the tests start and stop."""
