@@ -437,9 +437,14 @@ def _extent(shapes: list[_Shape]) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def person_extent(appearance: Appearance, pose: Pose) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of the drawn figure in body coordinates: x 0 on the body's axis, soles near y = 1."""
+    return _extent(_figure(appearance, pose))
+
+
 def person_aspect(appearance: Appearance, pose: Pose) -> float:
     """Width / height of the tight box around this person in this pose (about 0.25 to 0.55)."""
-    x0, y0, x1, y1 = _extent(_figure(appearance, pose))
+    x0, y0, x1, y1 = person_extent(appearance, pose)
     return (x1 - x0) / (y1 - y0)
 
 
@@ -778,23 +783,53 @@ class Photometric:
         )
 
 
-def apply_photometric(img: Image.Image, params: Photometric, rng: np.random.Generator) -> Image.Image:
-    """The image as a camera with ``params`` would record it; ``rng`` draws the sensor noise."""
+def camera_optics(img: Image.Image, params: Photometric) -> Image.Image:
+    """Resolution loss and blur of a camera with ``params``: the spatial first step of ``apply_photometric``."""
     width, height = img.size
     if params.downscale > 1.01:
         small = (max(8, round(width / params.downscale)), max(8, round(height / params.downscale)))
         img = img.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
     if params.blur_sigma > 0.05:
         img = img.filter(ImageFilter.GaussianBlur(params.blur_sigma))
-    arr = np.asarray(img, dtype=np.float32)
-    mean = float(arr.mean())
+    return img
+
+
+def camera_tone(
+    arr: np.ndarray,
+    params: Photometric,
+    mean: float,
+    frame_size: tuple[int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Exposure, contrast, white balance and uneven light applied to ``arr`` (h, w, 3) float32 8-bit levels.
+
+    ``arr`` may be the window at ``origin`` (x, y) of a ``frame_size`` (W, H) frame: the light fall-off is the frame's,
+    and each pixel gets exactly the value a whole-frame pass gives it (a video re-renders only where people are).
+    """
+    h, w = arr.shape[:2]
+    width, height = frame_size or (w, h)
+    x0, y0 = origin
     arr = (arr - mean) * params.contrast + mean + params.brightness
     arr *= np.asarray(params.cast, np.float32)
     if params.shade > 0:
-        ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
-        xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
+        ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[y0 : y0 + h, None]
+        xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, x0 : x0 + w]
         ramp = math.cos(params.shade_angle) * xs + math.sin(params.shade_angle) * ys
         arr *= (1.0 - params.shade * (ramp + 0.5))[:, :, None]
+    return arr
+
+
+def apply_photometric(
+    img: Image.Image, params: Photometric, rng: np.random.Generator, mean: float | None = None
+) -> Image.Image:
+    """The image as a camera with ``params`` would record it; ``rng`` draws the sensor noise.
+
+    Contrast pivots around ``mean`` (8-bit levels), the image's own mean when None; a video passes its empty scene's
+    mean so the exposure does not flicker as people walk through.
+    """
+    width, height = img.size
+    arr = np.asarray(camera_optics(img, params), dtype=np.float32)
+    arr = camera_tone(arr, params, float(arr.mean()) if mean is None else mean)
     if params.noise_sigma > 0:
         # Luminance-only noise: what survives JPEG in real footage, and a third of the cost of per-channel noise.
         arr += rng.standard_normal((height, width, 1), dtype=np.float32) * params.noise_sigma
