@@ -34,6 +34,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_video(args: argparse.Namespace) -> int:
+    from training.synth.video import main_synth_video
+
+    overrides = _parse_set(args.set)
+    overrides.update(seconds=args.seconds, fps=args.fps, width=args.width, height=args.height)
+    summary = main_synth_video(
+        Path(args.out), seed=args.seed, cameras=args.cameras, identities=args.identities, **overrides
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.config import load_train_config
     from training.engine import build_trainer, init_distributed
@@ -105,6 +117,103 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    from personsearch.settings import load_settings
+
+    return load_settings(Path(args.config) if getattr(args, "config", None) else None)
+
+
+def _redis_for_cli(args: argparse.Namespace) -> Any:
+    """The configured Redis; with none configured, the private server of `personsearch up` (in data_dir)."""
+    from personsearch.redis_server import PrivateRedis
+    from personsearch.runtime import connect
+
+    settings = _settings(args)
+    if settings.redis_url:
+        return connect(settings.redis_url), None
+    server = PrivateRedis(Path(settings.data_dir) / "redis")
+    if server.socket.exists():
+        client = server.client()
+        try:
+            client.ping()
+            return client, None  # `personsearch up` is running: talk to its Redis
+        except Exception:
+            pass
+    return server.start().client(), server  # nothing running: open the persistent data directly
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from personsearch.runtime import up
+
+    return up(_settings(args), workers=args.workers or None, duration_s=args.duration)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from personsearch.runtime import run_worker
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise ValueError("a lone worker needs redis_url (PERSONSEARCH_REDIS_URL or the settings file)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_worker(args.name, settings, settings.redis_url, stop)
+    return 0
+
+
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from ingest.cameras import CameraConfig, CameraRegistry, load_cameras_file
+    from personsearch.streams import Keys
+
+    r, server = _redis_for_cli(args)
+    try:
+        registry = CameraRegistry(r, Keys(_settings(args).key_prefix))
+        if args.action == "add":
+            cfg = CameraConfig(
+                id=args.id, url=args.url, fps=args.fps, max_size=args.max_size, loop=args.loop,
+                enabled=not args.disabled, name=args.name or "",
+            )  # fmt: skip
+            registry.add(cfg)
+            print(f"camera {cfg.id} added")
+        elif args.action == "import":
+            for cfg in load_cameras_file(Path(args.file)):
+                registry.add(cfg)
+                print(f"camera {cfg.id} added")
+        elif args.action == "update":
+            changes = _parse_set(args.set)
+            print(registry.update(args.id, **changes).model_dump_json(indent=2))
+        elif args.action == "remove":
+            registry.remove(args.id)
+            print(f"camera {args.id} removed")
+        else:  # list / status
+            rows = []
+            for c in registry.list():
+                st = registry.status(c.id)
+                rows.append(
+                    f"{c.id:<16} {st.state.value:<12} {st.fps:>5.1f} fps  frames {st.frames:<7} dropped "
+                    f"{st.dropped:<5} corrupt {st.corrupt:<4} reconnects {st.reconnects:<4} {c.describe()}"
+                    + (f"\n{'':<16} last error: {st.last_error}" if st.last_error else "")
+                )
+            print("\n".join(rows) if rows else "no cameras registered")
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from personsearch.settings import Settings
+
+    if args.action == "schema":
+        print(json.dumps(Settings.model_json_schema(), indent=2))
+    else:
+        print(_settings(args).model_dump_json(indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personsearch", description="Person search for live video (OIM).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -116,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="default", help="size preset: default or tiny")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SynthConfig field")
     s.set_defaults(func=cmd_synth)
+
+    v = sub.add_parser("synth-video", help="render synthetic surveillance videos with per-frame ground truth")
+    v.add_argument("--out", required=True, help="output folder (videos, ground truth, photos, cameras.json)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--cameras", type=int, default=2)
+    v.add_argument("--identities", type=int, default=3, help="named identities who pass several cameras")
+    v.add_argument("--seconds", type=float, help="video length (default 20)")
+    v.add_argument("--fps", type=int, help="frames per second (default 10)")
+    v.add_argument("--width", type=int, help="frame width in pixels, even (default 640)")
+    v.add_argument("--height", type=int, help="frame height in pixels, even (default 480)")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CameraVideoConfig field")
+    v.set_defaults(func=cmd_synth_video)
 
     t = sub.add_parser("train", help="train the joint model (torchrun for several GPUs)")
     t.add_argument("--config", required=True, help="a YAML file, or a bundled name such as oim-r18-synth")
@@ -147,6 +268,44 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--weights", help="weights file (default: the bundled demo model)")
     x.add_argument("--out", required=True, help="output folder for detect.onnx, query.onnx, model.json")
     x.set_defaults(func=cmd_export)
+
+    u = sub.add_parser("up", help="run every worker of the pipeline (supervised) until Ctrl-C")
+    u.add_argument("--config", help="settings YAML (docs/operations.md); environment PERSONSEARCH_* overrides it")
+    u.add_argument("--workers", nargs="+", choices=["ingest", "detector", "tracker", "indexer"], help="only these")
+    u.add_argument("--duration", type=float, help="stop after this many seconds")
+    u.set_defaults(func=cmd_up)
+
+    w = sub.add_parser("worker", help="run one worker against a shared Redis (scale out across machines)")
+    w.add_argument("name", choices=["ingest", "detector", "tracker", "indexer"])
+    w.add_argument("--config", help="settings YAML")
+    w.set_defaults(func=cmd_worker)
+
+    c = sub.add_parser("cameras", help="register, list, update and remove cameras")
+    c.add_argument("--config", help="settings YAML")
+    csub = c.add_subparsers(dest="action", required=True)
+    ca = csub.add_parser("add", help="register a camera")
+    ca.add_argument("id")
+    ca.add_argument("url", help="rtsp://, http(s)://, file:// URL or a video file path")
+    ca.add_argument("--fps", type=float, default=5.0)
+    ca.add_argument("--max-size", type=int, default=1280, help="longest frame side after resizing")
+    ca.add_argument("--loop", action="store_true", help="files: start again at the end")
+    ca.add_argument("--disabled", action="store_true")
+    ca.add_argument("--name")
+    ci = csub.add_parser("import", help="register the cameras of a YAML/JSON list")
+    ci.add_argument("file")
+    cu = csub.add_parser("update", help="change fields of a camera")
+    cu.add_argument("id")
+    cu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. fps=2 or enabled=false")
+    cr = csub.add_parser("remove", help="remove a camera")
+    cr.add_argument("id")
+    csub.add_parser("list", help="cameras with their live status")
+    csub.add_parser("status", help="same as list")
+    c.set_defaults(func=cmd_cameras)
+
+    g = sub.add_parser("config", help="the settings: JSON schema or effective values")
+    g.add_argument("action", choices=["schema", "show"])
+    g.add_argument("--config", help="settings YAML")
+    g.set_defaults(func=cmd_config)
     return p
 
 

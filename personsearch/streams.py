@@ -261,6 +261,7 @@ class TrackletEvent(Message):
     event: Literal["open", "update", "close"]
     tracklet_id: str
     camera: str
+    model: str = ""  # the network whose embedding this is
     start_ts: float
     end_ts: float
     frames: int

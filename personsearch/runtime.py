@@ -1,0 +1,206 @@
+"""`personsearch up`: every worker of the pipeline as a supervised process on one machine.
+
+The supervisor starts the private redis-server when no URL is configured, then one process per worker (ingest,
+detector x N, tracker, indexer). A worker that dies is restarted after a back-off that grows with its crashes (and
+counted); Ctrl-C or SIGTERM stops every worker (SIGTERM, a grace period, then SIGKILL) and then Redis. Workers talk
+only through the Redis streams, so each can also run alone (`personsearch worker NAME`) on any machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from personsearch.settings import Settings
+from personsearch.streams import Keys
+
+logger = logging.getLogger(__name__)
+
+WORKERS = ("ingest", "detector", "tracker", "indexer")
+
+
+def engine_identity(settings: Settings) -> tuple[str, int]:
+    """(model name, embedding dim) of the configured engine, without building it."""
+    import json
+
+    if settings.engine.onnx_dir is not None:
+        cfg = json.loads((Path(settings.engine.onnx_dir) / "model.json").read_text())["config"]
+    else:
+        from detector.weights import DEMO_WEIGHTS, read_weights
+
+        cfg = read_weights(settings.engine.weights or DEMO_WEIGHTS)["config"]
+    return str(cfg["name"]), int(cfg["embedding_dim"])
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` (redis://, rediss:// or unix://)."""
+    return redis.Redis.from_url(url)
+
+
+def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Event) -> None:
+    """Build worker ``name`` from the settings and run it until ``stop``."""
+    r = connect(redis_url)
+    keys = Keys(settings.key_prefix)
+    if name == "ingest":
+        from ingest.service import IngestService
+
+        IngestService(r, keys, settings.ingest.options()).run(stop)
+    elif name == "detector":
+        from detector.engine import load_engine
+        from detector.service import DetectorService
+
+        e = settings.engine
+        engine = load_engine(e.kind, e.weights, e.onnx_dir, e.device)
+        DetectorService(r, keys, engine, settings.detector.options()).run(stop)
+    elif name == "tracker":
+        from index.service import TrackerService
+
+        TrackerService(r, keys, settings.tracker.options()).run(stop)
+    elif name == "indexer":
+        from index.service import IndexerService
+
+        model, dim = engine_identity(settings)
+        options = settings.index.options(Path(settings.data_dir) / "index", dim)
+        IndexerService(r, keys, options, model=model).run(stop)
+    else:
+        raise ValueError(f"unknown worker {name!r}; workers: {', '.join(WORKERS)}")
+
+
+def _worker_main(name: str, settings_json: str, redis_url: str) -> None:
+    """Process entry: logging, SIGTERM/SIGINT -> stop, run."""
+    settings = Settings.model_validate_json(settings_json)
+    logging.basicConfig(
+        level=settings.log_level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s", force=True
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_worker(name, settings, redis_url, stop)
+
+
+@dataclass
+class _Child:
+    name: str
+    process: BaseProcess | None = None
+    restarts: int = 0
+    restart_at: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Runs the pipeline's workers as processes and keeps them running."""
+
+    def __init__(self, settings: Settings, redis_url: str | None = None, workers: list[str] | None = None) -> None:
+        self.settings = settings
+        self.redis_url = redis_url or settings.redis_url
+        self.private: Any = None
+        names = workers or list(WORKERS)
+        for n in names:
+            if n not in WORKERS:
+                raise ValueError(f"unknown worker {n!r}; workers: {', '.join(WORKERS)}")
+        self.children = [
+            _Child(n if n != "detector" or settings.detector.workers == 1 else f"detector.{i}")
+            for n in names
+            for i in range(settings.detector.workers if n == "detector" else 1)
+        ]
+        self._ctx = mp.get_context("spawn")  # no forked torch/onnxruntime state in the workers
+
+    def start_redis(self) -> str:
+        """The configured Redis, or a private server in ``data_dir/redis``; returns its URL."""
+        if self.redis_url:
+            connect(self.redis_url).ping()
+            return self.redis_url
+        from personsearch.redis_server import PrivateRedis
+
+        self.private = PrivateRedis(Path(self.settings.data_dir) / "redis").start()
+        self.redis_url = self.private.url
+        return self.redis_url
+
+    def _spawn(self, child: _Child) -> None:
+        kind = child.name.split(".")[0]
+        child.process = self._ctx.Process(
+            target=_worker_main,
+            args=(kind, self.settings.model_dump_json(), self.redis_url),
+            name=f"personsearch-{child.name}",
+            daemon=False,
+        )
+        child.process.start()
+        child.started_at = time.monotonic()
+        logger.info("started %s (pid %s)", child.name, child.process.pid)
+
+    def start(self) -> None:
+        """Redis, then every worker."""
+        self.start_redis()
+        for child in self.children:
+            self._spawn(child)
+
+    def check(self) -> None:
+        """Restart workers that exited, after a back-off growing with their restarts."""
+        now = time.monotonic()
+        for child in self.children:
+            p = child.process
+            if p is None or p.is_alive():
+                continue
+            if child.restart_at == 0.0:
+                if now - child.started_at > 60:
+                    child.restarts = 0  # it ran fine for a while: start the back-off over
+                delay = min(30.0, 0.5 * 2**child.restarts)
+                child.restart_at = now + delay
+                logger.warning("%s exited with %s; restarting in %.1f s", child.name, p.exitcode, delay)
+            elif now >= child.restart_at:
+                child.restarts += 1
+                child.restart_at = 0.0
+                self._spawn(child)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM every worker, wait up to ``grace_s``, SIGKILL the rest; then stop a private Redis."""
+        for child in self.children:
+            if child.process is not None and child.process.is_alive():
+                child.process.terminate()
+        deadline = time.monotonic() + grace_s
+        for child in self.children:
+            if child.process is not None:
+                child.process.join(max(0.1, deadline - time.monotonic()))
+                if child.process.is_alive():
+                    logger.warning("%s did not stop in %.0f s; killing it", child.name, grace_s)
+                    child.process.kill()
+                    child.process.join(5)
+        if self.private is not None:
+            self.private.stop()
+            self.private = None
+        logger.info("all workers stopped")
+
+    def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Start, supervise until ``stop`` (set by SIGINT/SIGTERM in `up`), stop."""
+        self.start()
+        try:
+            while not stop.wait(poll_s):
+                self.check()
+        finally:
+            self.stop()
+
+
+def up(settings: Settings, workers: list[str] | None = None, duration_s: float | None = None) -> int:
+    """The `personsearch up` command: run until Ctrl-C, SIGTERM or ``duration_s``."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
+    if duration_s is not None:
+        threading.Timer(duration_s, stop.set).start()
+    sup = Supervisor(settings, workers=workers)
+    sup.run(stop)
+    return 0

@@ -1,0 +1,133 @@
+"""One settings model for every service: a YAML file plus ``PERSONSEARCH_*`` environment variables, validated once.
+
+Precedence: explicit arguments > environment (``PERSONSEARCH_DETECTOR__MAX_BATCH=8``; nested fields joined by
+``__``) > the YAML file > defaults. ``personsearch config schema`` prints the JSON schema; ``personsearch config
+show`` the effective values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from detector.service import DetectorOptions
+from index.service import IndexerOptions
+from index.tracker import TrackerOptions
+from ingest.decoder import IngestOptions
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSettings(_Section):
+    """Which network and runtime the detector uses."""
+
+    kind: Literal["torch", "onnxruntime"] = "onnxruntime"
+    weights: Path | None = Field(default=None, description="weights file; default: the bundled demo model")
+    onnx_dir: Path | None = Field(default=None, description="an existing `personsearch export` folder")
+    device: str = "cpu"
+
+
+class IngestSettings(_Section):
+    frame_stream_maxlen: int = Field(default=50, ge=1)
+    jpeg_quality: int = Field(default=85, ge=30, le=100)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+    down_after: int = Field(default=3, ge=1)
+
+    def options(self) -> IngestOptions:
+        return IngestOptions(**self.model_dump())
+
+
+class DetectorSettings(_Section):
+    workers: int = Field(default=1, ge=1, description="detector processes sharing the frame streams")
+    max_batch: int = Field(default=4, ge=1)
+    max_wait_ms: int = Field(default=50, ge=0)
+    claim_idle_ms: int = Field(default=10_000, ge=100)
+    det_thresh: float = Field(default=0.5, ge=0, le=1)
+    crop_max_side: int = Field(default=160, ge=16)
+
+    def options(self) -> DetectorOptions:
+        return DetectorOptions(**self.model_dump(exclude={"workers"}))
+
+
+class TrackerSettings(_Section):
+    iou_weight: float = Field(default=0.5, ge=0, le=1)
+    min_iou: float = Field(default=0.2, ge=0, le=1)
+    min_similarity: float = Field(default=0.7, ge=-1, le=1)
+    max_gap_s: float = Field(default=2.0, gt=0)
+    keep_best: int = Field(default=5, ge=1)
+    update_every: int = Field(default=5, ge=1)
+    min_frames: int = Field(default=1, ge=1)
+
+    def options(self) -> TrackerOptions:
+        return TrackerOptions(**self.model_dump())
+
+
+class IndexSettings(_Section):
+    kind: Literal["flat", "ivf"] = "flat"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    save_every: int = Field(default=200, ge=1)
+    save_period_s: float = Field(default=10.0, gt=0)
+    retention_hours: float = Field(default=168.0, gt=0, description="tracklets older than this are deleted")
+
+    def options(self, directory: Path, dim: int) -> IndexerOptions:
+        return IndexerOptions(
+            directory=directory,
+            dim=dim,
+            kind=self.kind,
+            device=self.device,
+            save_every=self.save_every,
+            save_period_s=self.save_period_s,
+            retention_s=self.retention_hours * 3600,
+        )
+
+
+class Settings(BaseSettings):
+    """Everything a deployment configures."""
+
+    model_config = SettingsConfigDict(env_prefix="PERSONSEARCH_", env_nested_delimiter="__", extra="forbid")
+
+    redis_url: str | None = Field(default=None, description="Redis to use; none: start a private redis-server")
+    data_dir: Path = Field(default=Path("data/personsearch"), description="private Redis data, index, snapshots")
+    key_prefix: str = Field(default="ps", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    metrics_port: int | None = Field(default=9108, description="Prometheus /metrics of `personsearch up`; none: off")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    engine: EngineSettings = EngineSettings()
+    ingest: IngestSettings = IngestSettings()
+    detector: DetectorSettings = DetectorSettings()
+    tracker: TrackerSettings = TrackerSettings()
+    index: IndexSettings = IndexSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (YAML, optional) and the environment; ValueError naming the bad field otherwise."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"settings file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})  # type: ignore[typeddict-item]
+
+    return _FromFile(**overrides)
