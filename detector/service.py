@@ -223,6 +223,7 @@ class DetectorService:
             camera=frame.camera,
             seq=frame.seq,
             capture_ts=frame.capture_ts,
+            media_ts=frame.media_ts,
             detected_ts=time.time(),
             width=frame.width,
             height=frame.height,

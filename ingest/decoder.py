@@ -196,7 +196,9 @@ class CameraDecoder:
                     if next_due is not None and t < next_due:
                         continue
                     next_due = t + period if next_due is None or t - next_due > period else next_due + period
-                    self._publish(frame)
+                    self._publish(
+                        frame, frame.time if frame.time is not None else (media_t if self.cfg.is_file else None)
+                    )
                     published += 1
         return published
 
@@ -205,13 +207,14 @@ class CameraDecoder:
         CORRUPT.labels(self.cfg.id).inc()
         logger.debug("camera %s: skipped %s", self.cfg.id, what)
 
-    def _publish(self, frame: av.VideoFrame) -> None:
+    def _publish(self, frame: av.VideoFrame, media_ts: float | None) -> None:
         width, height = fit_size(frame.width, frame.height, self.cfg.max_size)
         rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
         msg = FrameMessage(
             camera=self.cfg.id,
             seq=self.publisher.next_seq(),
             capture_ts=time.time(),
+            media_ts=media_ts,
             width=width,
             height=height,
             jpeg=encode_jpeg(rgb, self.opt.jpeg_quality),

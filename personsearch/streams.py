@@ -182,6 +182,7 @@ class FrameMessage(Message):
     camera: str
     seq: int = Field(ge=0, description="per-camera sequence number, unique across decoder restarts")
     capture_ts: float = Field(description="wall-clock capture time, Unix seconds")
+    media_ts: float | None = Field(default=None, description="the frame's time within its source (files: position)")
     width: int
     height: int
     jpeg: bytes = b""
@@ -212,6 +213,7 @@ class DetectionMessage(Message):
     camera: str
     seq: int
     capture_ts: float
+    media_ts: float | None = None
     detected_ts: float = Field(description="when the detector published, Unix seconds")
     width: int
     height: int
