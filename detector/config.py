@@ -16,6 +16,9 @@ class ModelConfig(BaseModel):
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     # "imagenet" downloads torchvision's weights (users with internet); "none" starts from random weights.
     pretrained: Literal["imagenet", "none"] = "imagenet"
+    # A torchvision-format ResNet state dict to start from instead (e.g. `personsearch pretrain` on identity crops,
+    # the demo's stand-in for ImageNet where nothing can be downloaded). Used when building for training only.
+    backbone_weights: str | None = None
     # Paper: conv1 and the stem's BN are constant affine transforms. A network trained from scratch needs them learnt.
     freeze_conv1: bool = True
     freeze_stem_bn: bool = True

@@ -70,6 +70,12 @@ def build_resnet_parts(cfg: ModelConfig) -> tuple[nn.Sequential, nn.Sequential, 
     if cfg.pretrained == "imagenet":
         weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT  # downloads on first use
     resnet = torchvision.models.get_model(cfg.backbone, weights=weights)
+    if cfg.backbone_weights:
+        state = torch.load(cfg.backbone_weights, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier of pre-training
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("fc.")]:
+            raise ValueError(f"{cfg.backbone_weights} is not a {cfg.backbone} state dict: {unexpected or missing}")
     stem = nn.Sequential(
         OrderedDict(
             conv1=resnet.conv1,

@@ -47,7 +47,8 @@ def load_model(path: Path | None = None, device: str | torch.device = "cpu") -> 
     """Build the network described by a weights file and load it in eval mode (default: the bundled demo model)."""
     path = Path(path) if path is not None else DEMO_WEIGHTS
     blob = read_weights(path)
-    cfg = ModelConfig(**{**blob["config"], "pretrained": "none"})  # the file has the weights; download nothing
+    # The file has every weight: download nothing, read no backbone file.
+    cfg = ModelConfig(**{**blob["config"], "pretrained": "none", "backbone_weights": None})
     model = OIMNet(cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     model.load_state_dict(state)

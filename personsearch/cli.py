@@ -64,6 +64,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from training.pretrain import pretrain_backbone
+
+    summary = pretrain_backbone(
+        Path(args.data), Path(args.out), backbone=args.backbone, steps=args.steps, seed=args.seed
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from training.datasets.cuhk_sysu import CUHKSYSU
     from training.evaluation import evaluate_results, format_table, load_results
@@ -248,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     t.set_defaults(func=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="pre-train a backbone on the training split's identity crops")
+    pt.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout")
+    pt.add_argument("--out", required=True, help="state dict to write (a JSON summary goes beside it)")
+    pt.add_argument("--backbone", default="resnet18")
+    pt.add_argument("--steps", type=int, default=600)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.set_defaults(func=cmd_pretrain)
 
     e = sub.add_parser("eval", help="score a model (or a saved results file) with the person-search protocol")
     e.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout")
