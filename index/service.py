@@ -65,6 +65,7 @@ class TrackerService:
         self.linkers: dict[str, TrackletLinker] = {}
         self.tracklets_maxlen = tracklets_maxlen
         self._last_expire = 0.0
+        self._heard: dict[str, float] = {}  # camera -> time.monotonic() of its last detection message
 
     def _emit(self, events: list[TrackletEvent]) -> None:
         for ev in events:
@@ -88,17 +89,24 @@ class TrackerService:
                     if linker is None:
                         linker = self.linkers[msg.camera] = TrackletLinker(msg.camera, self.opt, msg.model)
                     self._emit(linker.update(msg))
+                    self._heard[msg.camera] = time.monotonic()
             self.consumer.ack(entry.stream, [entry.id])
-        self.expire(time.time())
+        self.expire(time.monotonic())
         return len(entries)
 
     def expire(self, now: float, every_s: float = 0.5) -> None:
-        """Close tracklets of cameras that went quiet (wall clock: capture times are wall-clock times)."""
+        """Close the tracklets of cameras that sent nothing for ``max_gap_s`` (``now``: time.monotonic()).
+
+        While a camera's frames keep coming, its linker closes tracklets in the camera's own (capture) time; only a
+        camera gone quiet needs the wall clock. Comparing capture times with the wall clock instead would close every
+        tracklet whenever the detector lags by more than ``max_gap_s``.
+        """
         if now - self._last_expire < every_s:
             return
         self._last_expire = now
-        for linker in self.linkers.values():
-            self._emit(linker.expire(now))
+        for camera, linker in self.linkers.items():
+            if linker.open and now - self._heard.get(camera, now) > self.opt.max_gap_s:
+                self._emit(linker.close_all())
 
     def run(self, stop: threading.Event) -> None:
         """Link until ``stop``, then close every open tracklet."""
@@ -160,7 +168,8 @@ class IndexerService:
             best_seq=event.best_seq,
         )
         self.index.upsert(record, np.asarray(event.embedding, np.float32), event.snapshot or None)
-        INDEX_LAG.set(max(0.0, time.time() - event.end_ts))
+        if event.event != "close":  # a close comes max_gap_s after the last frame by design
+            INDEX_LAG.set(max(0.0, time.time() - event.end_ts))
 
     def step(self, block_ms: int = 500) -> int:
         """Apply the next events after ``position``; save when due; returns how many were applied."""
