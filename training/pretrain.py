@@ -144,7 +144,7 @@ def pretrain_backbone(
         "heldout_identities": len(held),
         "heldout_nn_accuracy_before": round(before, 4),
         "heldout_nn_accuracy_after": round(after, 4),
-        "final_loss": round(float(loss), 4),
+        "final_loss": round(loss.item(), 4),
         "steps": steps,
         "seconds": round(time.perf_counter() - start, 1),
     }
