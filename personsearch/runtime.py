@@ -8,6 +8,7 @@ only through the Redis streams, so each can also run alone (`personsearch worker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import signal
@@ -16,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from personsearch.settings import Settings
-from personsearch.streams import Keys
+if TYPE_CHECKING:  # the settings import torch (through the services' options); workers import them after SIGTERM
+    from personsearch.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,23 @@ def connect(url: str) -> redis.Redis:
 
 def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Event) -> None:
     """Build worker ``name`` from the settings and run it until ``stop``."""
+    import os
+    import socket
+
+    from personsearch.streams import Keys
+
     r = connect(redis_url)
     keys = Keys(settings.key_prefix)
+    me = f"{name}:{socket.gethostname()}:{os.getpid()}"
+    r.hset(keys.workers, me, repr(time.time()))
+    try:
+        _run_worker(name, settings, r, keys, stop)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            r.hdel(keys.workers, me)
+
+
+def _run_worker(name: str, settings: Settings, r: redis.Redis, keys: Any, stop: threading.Event) -> None:
     if name == "ingest":
         from ingest.service import IngestService
 
@@ -76,15 +92,18 @@ def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Ev
 
 
 def _worker_main(name: str, settings_json: str, redis_url: str) -> None:
-    """Process entry: logging, SIGTERM/SIGINT -> stop, run."""
+    """Process entry: SIGTERM/SIGINT -> stop (first, so a worker stopped while importing still exits cleanly), run."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from personsearch.settings import Settings
+
     settings = Settings.model_validate_json(settings_json)
     logging.basicConfig(
         level=settings.log_level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s", force=True
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_worker(name, settings, redis_url, stop)
+    if not stop.is_set():
+        run_worker(name, settings, redis_url, stop)
 
 
 @dataclass

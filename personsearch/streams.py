@@ -96,6 +96,11 @@ class Keys:
         """Hash of the camera's monotonic counters (frames, dropped, corrupt, reconnects)."""
         return f"{self.prefix}:camera:{camera_id}:counters"
 
+    @property
+    def workers(self) -> str:
+        """Hash: "<worker>:<host>:<pid>" -> start time, for every worker process that is up (removed on exit)."""
+        return f"{self.prefix}:workers"
+
     def done(self, stage: str, key: str) -> str:
         """Marker that ``stage`` already published its result for message ``key`` (idempotent consumers)."""
         return f"{self.prefix}:done:{stage}:{key}"
