@@ -259,3 +259,23 @@ def test_a_hung_rtsp_server_is_detected_by_the_read_timeout(
             finally:
                 server.resume()
             wait_for(lambda: registry.status("hung").state is CameraState.LIVE, 30, "live again")
+
+
+def test_http_camera_is_decoded_and_an_ended_stream_is_retried(
+    r: redis.Redis, keys: Keys, registry: CameraRegistry, video: Path
+) -> None:
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(video.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{video.name}"
+        cfg = registry.add(CameraConfig(id="web", url=url, fps=30))
+        with Running(cfg, r, keys):
+            wait_for(lambda: r.xlen(keys.frames("web")) > 0, 20, "frames over HTTP")
+            # An HTTP stream that ends is a lost live stream: shown and retried, not a finished file.
+            wait_for(lambda: registry.status("web").reconnects >= 1, 20, "a retry after the end")
+    finally:
+        server.shutdown()
