@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import av
@@ -32,6 +33,8 @@ DROPPED = Counter("personsearch_ingest_dropped_frames_total", "Unread frames dro
 CORRUPT = Counter("personsearch_ingest_corrupt_total", "Corrupt packets or frames skipped", ["camera"])
 RECONNECTS = Counter("personsearch_ingest_reconnects_total", "Reconnect attempts", ["camera"])
 FPS = Gauge("personsearch_ingest_fps", "Measured published frames per second", ["camera"])
+FPS_WINDOW_S = 5.0  # measured fps is taken over this many seconds of publishing
+
 STATE = Gauge("personsearch_camera_state", "1 for the camera's current state, 0 for the others", ["camera", "state"])
 
 
@@ -90,7 +93,7 @@ class CameraDecoder:
         self.rng = random.Random(seed)
         self.state: CameraState | None = None
         self._fps = 0.0
-        self._last_pub: float | None = None
+        self._pub_times: deque[float] = deque()
         self._last_status = 0.0
 
     # -- status ---------------------------------------------------------------------------------------------------
@@ -102,6 +105,7 @@ class CameraDecoder:
         if state is not CameraState.LIVE:
             fields["fps"] = 0.0
             FPS.labels(self.cfg.id).set(0.0)
+            self._pub_times.clear()  # a rate measured across an outage would be too low
         self.registry.set_status(self.cfg.id, **fields)
         if state is not self.state:
             logger.info("camera %s: %s%s", self.cfg.id, state.value, f" ({error})" if error else "")
@@ -127,7 +131,8 @@ class CameraDecoder:
                 raise StreamEnded("end of stream")
             except StreamEnded as e:
                 if self.cfg.is_file and self.cfg.loop and published > 0:
-                    continue  # start the file again at once
+                    self.stop.wait(1.0 / self.cfg.fps)  # start the file again, one frame period after its last frame
+                    continue
                 if self.cfg.is_file and not self.cfg.loop:
                     self._set_state(CameraState.DOWN, "end of file (the camera does not loop)")
                     return
@@ -224,10 +229,12 @@ class CameraDecoder:
         if dropped:
             DROPPED.labels(self.cfg.id).inc(dropped)
         now = time.monotonic()
-        if self._last_pub is not None:
-            dt = max(now - self._last_pub, 1e-6)
-            self._fps = 1.0 / dt if self._fps == 0 else 0.9 * self._fps + 0.1 / dt
-        self._last_pub = now
+        # Frames per second over the last few seconds of publishing (robust to one short or long gap).
+        self._pub_times.append(now)
+        while len(self._pub_times) > 2 and now - self._pub_times[0] > FPS_WINDOW_S:
+            self._pub_times.popleft()
+        span = self._pub_times[-1] - self._pub_times[0]
+        self._fps = (len(self._pub_times) - 1) / span if span > 0 else 0.0
         if self.state is not CameraState.LIVE:
             self._set_state(CameraState.LIVE, "")
         if now - self._last_status >= self.opt.status_period_s:
