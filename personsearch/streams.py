@@ -140,8 +140,8 @@ class Message(BaseModel):
     v: int = SCHEMA_VERSION
 
     def blobs(self) -> dict[str, bytes]:
-        """Binary fields sent beside the JSON (override)."""
-        return {}
+        """Binary fields sent beside the JSON: by default each of ``blob_fields``, a bytes attribute."""
+        return {name: getattr(self, name) for name in self.blob_fields()}
 
     def to_fields(self) -> dict[str, bytes | str]:
         """The flat Redis hash of this message."""
@@ -159,7 +159,12 @@ class Message(BaseModel):
 
     @classmethod
     def _from_parts(cls, meta: bytes, fields: dict[bytes, bytes]) -> Message:
-        raise NotImplementedError
+        """The message from its JSON and its blob fields (a missing blob reads as empty)."""
+        try:
+            base = cls.model_validate_json(meta)
+        except ValueError as e:
+            raise SchemaError(f"bad {cls.kind} message: {e}") from e
+        return base.model_copy(update={name: fields.get(name.encode(), b"") for name in cls.blob_fields()})
 
 
 M = TypeVar("M", bound=Message)
@@ -199,16 +204,6 @@ class FrameMessage(Message):
     @classmethod
     def blob_fields(cls) -> tuple[str, ...]:
         return ("jpeg",)
-
-    def blobs(self) -> dict[str, bytes]:
-        return {"jpeg": self.jpeg}
-
-    @classmethod
-    def _from_parts(cls, meta: bytes, fields: dict[bytes, bytes]) -> FrameMessage:
-        try:
-            return cls.model_validate_json(meta).model_copy(update={"jpeg": fields[b"jpeg"]})
-        except (KeyError, ValueError) as e:
-            raise SchemaError(f"bad frame message: {e}") from e
 
 
 class DetectionMessage(Message):
@@ -286,16 +281,6 @@ class TrackletEvent(Message):
     def blob_fields(cls) -> tuple[str, ...]:
         return ("snapshot",)
 
-    def blobs(self) -> dict[str, bytes]:
-        return {"snapshot": self.snapshot}
-
-    @classmethod
-    def _from_parts(cls, meta: bytes, fields: dict[bytes, bytes]) -> TrackletEvent:
-        try:
-            return cls.model_validate_json(meta).model_copy(update={"snapshot": fields.get(b"snapshot", b"")})
-        except ValueError as e:
-            raise SchemaError(f"bad tracklet event: {e}") from e
-
 
 class AlertMessage(Message):
     """A watchlist person seen on a camera."""
@@ -317,16 +302,6 @@ class AlertMessage(Message):
     @classmethod
     def blob_fields(cls) -> tuple[str, ...]:
         return ("snapshot",)
-
-    def blobs(self) -> dict[str, bytes]:
-        return {"snapshot": self.snapshot}
-
-    @classmethod
-    def _from_parts(cls, meta: bytes, fields: dict[bytes, bytes]) -> AlertMessage:
-        try:
-            return cls.model_validate_json(meta).model_copy(update={"snapshot": fields.get(b"snapshot", b"")})
-        except ValueError as e:
-            raise SchemaError(f"bad alert message: {e}") from e
 
 
 # -- producing ---------------------------------------------------------------------------------------------------
