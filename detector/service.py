@@ -187,20 +187,14 @@ class DetectorService:
             camera = self.keys.camera_of_frames(item.entry.stream)
             if item.frame is None:
                 FRAMES_LOST.labels(camera, "trimmed" if item.entry.fields is None else "unreadable").inc()
-                publish_and_ack(
-                    self.r, self.keys, "detect", None, self.keys.detections, item.entry.stream, Groups.DETECTOR,
-                    [item.entry.id], key=f"lost:{item.entry.stream}:{item.entry.id}",
-                )  # fmt: skip
+                self.consumer.ack(item.entry.stream, [item.entry.id])  # nothing to publish for it
                 continue
             try:
                 image = Image.open(io.BytesIO(item.frame.jpeg)).convert("RGB")
             except OSError as e:
                 logger.warning("camera %s frame %d: not a decodable JPEG (%s)", camera, item.frame.seq, e)
                 FRAMES_LOST.labels(camera, "unreadable").inc()
-                publish_and_ack(
-                    self.r, self.keys, "detect", None, self.keys.detections, item.entry.stream, Groups.DETECTOR,
-                    [item.entry.id], key=item.frame.key,
-                )  # fmt: skip
+                self.consumer.ack(item.entry.stream, [item.entry.id])  # nothing to publish for it
                 continue
             usable.append((item, image))
         if not usable:
