@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from detector.engine import Engine
-from index.store import SearchHit, TrackletIndex
+from index.store import MANIFEST, SearchHit, SnapshotError, TrackletIndex, TrackletRecord
+
+logger = logging.getLogger(__name__)
 
 
 class QueryPhotoError(ValueError):
@@ -57,3 +64,57 @@ def search_by_photo(
     """Ranked tracklets most like the person in the photo, optionally only on ``cameras`` within [since, until]."""
     emb, _ = query_embedding(engine, image, box)
     return index.search(emb, k=k, cameras=cameras, since=since, until=until)
+
+
+class IndexReader:
+    """Searches the index another process (the indexer) writes: reopens its latest snapshot when a new one appears.
+
+    Results are as fresh as the indexer's last snapshot (``index.save_period_s``, 10 s by default).
+    """
+
+    def __init__(self, directory: Path, dim: int = 256, model: str = "", check_period_s: float = 1.0) -> None:
+        self.directory, self.dim, self.model, self.check_period_s = Path(directory), dim, model, check_period_s
+        self._index: TrackletIndex | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def index(self) -> TrackletIndex | None:
+        """The latest snapshot, or None while the indexer has not saved one."""
+        with self._lock:
+            now = time.monotonic()
+            if self._index is None or now - self._checked >= self.check_period_s:
+                self._checked = now
+                self._refresh()
+            return self._index
+
+    def _refresh(self) -> None:
+        manifest = self.directory / MANIFEST
+        try:
+            st = manifest.stat()
+        except FileNotFoundError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        for _ in range(3):  # the indexer may replace the files between our reads of the manifest and the files
+            try:
+                self._index = TrackletIndex(self.directory, self.dim, self.model, read_only=True)
+                self._stamp = stamp
+                return
+            except (FileNotFoundError, SnapshotError) as e:
+                last = e
+                time.sleep(0.05)
+        logger.warning("could not open the index snapshot in %s: %s", self.directory, last)
+
+    def search(self, query: np.ndarray, **kwargs: Any) -> list[SearchHit]:
+        index = self.index()
+        return index.search(query, **kwargs) if index is not None else []
+
+    def get(self, tracklet_id: str) -> tuple[TrackletRecord, np.ndarray] | None:
+        index = self.index()
+        return index.get(tracklet_id) if index is not None else None
+
+    def snapshot_path(self, record: TrackletRecord) -> Path | None:
+        index = self.index()
+        return index.snapshot_path(record) if index is not None else None

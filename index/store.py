@@ -293,7 +293,9 @@ class TrackletIndex:
         kind: str = "flat",
         device: str = "auto",
         ivf: IvfOptions | None = None,
+        read_only: bool = False,
     ) -> None:
+        """``read_only`` opens another process's index to search it (the API): nothing in the directory is touched."""
         if kind not in KINDS:
             raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
         if dim <= 0:
@@ -314,6 +316,11 @@ class TrackletIndex:
         self._position = NEW_POSITION
         self._generation = 0
         self._files: tuple[str, str] | None = None  # vectors and tracklets files of the loaded/saved snapshot
+        self.read_only = read_only
+        if read_only:
+            if (self.directory / MANIFEST).exists():
+                self._load()
+            return
         (self.directory / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
         if (self.directory / MANIFEST).exists():
             self._load()
@@ -422,6 +429,8 @@ class TrackletIndex:
 
     def save(self, position: str) -> None:
         """Atomically persist vectors, metadata and ``position``; a crash mid-save leaves the previous snapshot."""
+        if self.read_only:
+            raise SnapshotError(f"{self.directory} is open read-only")
         started = time.perf_counter()
         with self._lock:
             self._compact()

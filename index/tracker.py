@@ -110,6 +110,7 @@ class TrackletLinker:
         self.opt = options or TrackerOptions()
         self.open: dict[str, Tracklet] = {}
         self.last_ts = float("-inf")
+        self.assigned: list[str | None] = []  # tracklet id of each detection of the last update (None: not linked)
 
     def update(self, msg: DetectionMessage) -> list[TrackletEvent]:
         """Add one frame's detections; returns the events it causes (closes first, then opens and updates)."""
@@ -117,6 +118,7 @@ class TrackletLinker:
             raise ValueError(f"linker of camera {self.camera} got a frame of {msg.camera}")
         if msg.capture_ts < self.last_ts:
             logger.debug("camera %s: frame %d older than the last one; ignored for linking", self.camera, msg.seq)
+            self.assigned = [None] * len(msg.boxes)
             return []
         events = self.expire(msg.capture_ts)
         self.last_ts = msg.capture_ts
@@ -135,16 +137,19 @@ class TrackletLinker:
             for r, c in zip(rows, cols):
                 if allowed[r, c]:
                     matched[int(c)] = tracks[r]
+        self.assigned = []
         for j in range(len(boxes)):
             crop = msg.crops[j] if j < len(msg.crops) else b""
             track = matched.get(j)
             if track is None:
                 track = Tracklet(f"{self.camera}:{msg.seq}:{j}", self.camera, msg.capture_ts, msg.capture_ts, boxes[j])
                 self.open[track.tracklet_id] = track
+                self.assigned.append(track.tracklet_id)
                 track.add(msg.capture_ts, msg.seq, boxes[j], msg.scores[j], embs[j], crop, self.opt.keep_best)
                 if self.opt.min_frames <= 1:
                     events.append(track.event("open", self.model))
                 continue
+            self.assigned.append(track.tracklet_id)
             track.add(msg.capture_ts, msg.seq, boxes[j], msg.scores[j], embs[j], crop, self.opt.keep_best)
             if track.frames == self.opt.min_frames > 1:
                 events.append(track.event("open", self.model))

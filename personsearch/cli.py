@@ -11,6 +11,9 @@ from typing import Any
 
 import yaml
 
+from personsearch.cli_ops import add_commands
+from personsearch.runtime import WORKERS as WORKER_NAMES
+
 logger = logging.getLogger("personsearch")
 
 
@@ -289,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run every worker of the pipeline (supervised) until Ctrl-C")
     u.add_argument("--config", help="settings YAML (docs/operations.md); environment PERSONSEARCH_* overrides it")
-    u.add_argument("--workers", nargs="+", choices=["ingest", "detector", "tracker", "indexer"], help="only these")
+    u.add_argument("--workers", nargs="+", choices=list(WORKER_NAMES), help="only these")
     u.add_argument("--duration", type=float, help="stop after this many seconds")
     u.set_defaults(func=cmd_up)
 
     w = sub.add_parser("worker", help="run one worker against a shared Redis (scale out across machines)")
-    w.add_argument("name", choices=["ingest", "detector", "tracker", "indexer"])
+    w.add_argument("name", choices=list(WORKER_NAMES))
     w.add_argument("--config", help="settings YAML")
     w.set_defaults(func=cmd_worker)
 
@@ -324,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("action", choices=["schema", "show"])
     g.add_argument("--config", help="settings YAML")
     g.set_defaults(func=cmd_config)
+    add_commands(sub)
     return p
 
 
@@ -337,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
+        return 2
+    except KeyError as err:  # an unknown alert, webhook or API key id
+        logger.error("%s", err.args[0] if err.args else err)
         return 2
 
 

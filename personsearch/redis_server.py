@@ -48,7 +48,7 @@ class PrivateRedis:
             self._tmp = tempfile.TemporaryDirectory(prefix="personsearch-redis-")
             self.dir = Path(self._tmp.name)
         else:
-            self.dir = Path(data_dir)
+            self.dir = Path(data_dir).resolve()  # redis-server changes into "dir": relative paths would break
             self.dir.mkdir(parents=True, exist_ok=True)
         self.persistent = data_dir is not None
         self.maxmemory_mb = maxmemory_mb

@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # the settings import torch (through the services' options); 
 
 logger = logging.getLogger(__name__)
 
-WORKERS = ("ingest", "detector", "tracker", "indexer")
+WORKERS = ("ingest", "detector", "tracker", "indexer", "matcher", "delivery", "api")
+HEARTBEAT_S = 5.0  # a worker refreshes its entry in the workers hash this often ...
+STALE_AFTER_S = 15.0  # ... and one not refreshed for this long is gone (killed without a chance to remove it)
 
 
 def engine_identity(settings: Settings) -> tuple[str, int]:
@@ -42,13 +44,38 @@ def engine_identity(settings: Settings) -> tuple[str, int]:
     return str(cfg["name"]), int(cfg["embedding_dim"])
 
 
+def model_meta(settings: Settings) -> dict[str, Any]:
+    """The provenance block of the configured model (``meta`` of its weights file or export manifest)."""
+    import json
+
+    if settings.engine.onnx_dir is not None:
+        return dict(json.loads((Path(settings.engine.onnx_dir) / "model.json").read_text()).get("meta", {}))
+    from detector.weights import DEMO_WEIGHTS, read_weights
+
+    return dict(read_weights(settings.engine.weights or DEMO_WEIGHTS).get("meta", {}))
+
+
+def match_threshold(settings: Settings) -> float:
+    """The default watchlist threshold in force: configured, else calibrated for the model, else the fallback."""
+    from personsearch.settings import FALLBACK_THRESHOLD
+
+    if settings.watchlist.default_threshold is not None:
+        return float(settings.watchlist.default_threshold)
+    calibrated = model_meta(settings).get("match_threshold")
+    return float(calibrated) if calibrated is not None else FALLBACK_THRESHOLD
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` (redis://, rediss:// or unix://)."""
     return redis.Redis.from_url(url)
 
 
 def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Event) -> None:
-    """Build worker ``name`` from the settings and run it until ``stop``."""
+    """Build worker ``name`` from the settings (its engine loaded), register it, and run it until ``stop``.
+
+    The worker's entry in ``<prefix>:workers`` is its last heartbeat (Unix seconds), refreshed every HEARTBEAT_S; an
+    entry older than STALE_AFTER_S belongs to a worker that died without removing it (``live_workers`` skips those).
+    """
     import os
     import socket
 
@@ -56,39 +83,83 @@ def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Ev
 
     r = connect(redis_url)
     keys = Keys(settings.key_prefix)
+    service = _build_worker(name, settings, r, keys, redis_url)
     me = f"{name}:{socket.gethostname()}:{os.getpid()}"
-    r.hset(keys.workers, me, repr(time.time()))
+
+    def heartbeat() -> None:
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                r.hset(keys.workers, me, repr(time.time()))
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    beat = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
+    beat.start()
     try:
-        _run_worker(name, settings, r, keys, stop)
+        service.run(stop)
     finally:
+        stop.set()
+        beat.join(2)
         with contextlib.suppress(redis.RedisError):
             r.hdel(keys.workers, me)
 
 
-def _run_worker(name: str, settings: Settings, r: redis.Redis, keys: Any, stop: threading.Event) -> None:
+def live_workers(r: redis.Redis, keys: Any, now: float | None = None) -> dict[str, float]:
+    """Workers whose heartbeat is fresh: "<worker>:<host>:<pid>" -> last heartbeat; stale entries are removed."""
+    now = time.time() if now is None else now
+    raw: dict[bytes, bytes] = r.hgetall(keys.workers)  # type: ignore[assignment]
+    live: dict[str, float] = {}
+    stale: list[bytes] = []
+    for k, v in raw.items():
+        try:
+            ts = float(v)
+        except ValueError:
+            ts = 0.0
+        if now - ts <= STALE_AFTER_S:
+            live[k.decode()] = ts
+        else:
+            stale.append(k)
+    if stale:
+        r.hdel(keys.workers, *stale)
+    return live
+
+
+def _build_worker(name: str, settings: Settings, r: redis.Redis, keys: Any, redis_url: str) -> Any:
+    """The service object of worker ``name`` (anything with ``run(stop)``), ready to run."""
     if name == "ingest":
         from ingest.service import IngestService
 
-        IngestService(r, keys, settings.ingest.options()).run(stop)
-    elif name == "detector":
+        return IngestService(r, keys, settings.ingest.options())
+    if name == "detector":
         from detector.engine import load_engine
         from detector.service import DetectorService
 
         e = settings.engine
         engine = load_engine(e.kind, e.weights, e.onnx_dir, e.device)
-        DetectorService(r, keys, engine, settings.detector.options()).run(stop)
-    elif name == "tracker":
+        return DetectorService(r, keys, engine, settings.detector.options())
+    if name == "tracker":
         from index.service import TrackerService
 
-        TrackerService(r, keys, settings.tracker.options()).run(stop)
-    elif name == "indexer":
+        return TrackerService(r, keys, settings.tracker.options())
+    if name == "indexer":
         from index.service import IndexerService
 
         model, dim = engine_identity(settings)
         options = settings.index.options(Path(settings.data_dir) / "index", dim)
-        IndexerService(r, keys, options, model=model).run(stop)
-    else:
-        raise ValueError(f"unknown worker {name!r}; workers: {', '.join(WORKERS)}")
+        return IndexerService(r, keys, options, model=model)
+    if name == "matcher":
+        from watchlist.matcher import MatcherService
+
+        return MatcherService(r, keys, settings.watchlist.options(match_threshold(settings)))
+    if name == "delivery":
+        from watchlist.delivery import DeliveryService
+
+        return DeliveryService(r, keys, settings.delivery.options())
+    if name == "api":
+        from personsearch.api.server import ApiServer
+
+        return ApiServer(settings, r, keys, redis_url)
+    raise ValueError(f"unknown worker {name!r}; workers: {', '.join(WORKERS)}")
 
 
 def _worker_main(name: str, settings_json: str, redis_url: str) -> None:
@@ -122,7 +193,7 @@ class Supervisor:
         self.settings = settings
         self.redis_url = redis_url or settings.redis_url
         self.private: Any = None
-        names = workers or list(WORKERS)
+        names = workers or [w for w in WORKERS if w != "api" or settings.api.enabled]
         for n in names:
             if n not in WORKERS:
                 raise ValueError(f"unknown worker {n!r}; workers: {', '.join(WORKERS)}")
@@ -159,6 +230,10 @@ class Supervisor:
     def start(self) -> None:
         """Redis, then every worker."""
         self.start_redis()
+        self.start_workers()
+
+    def start_workers(self) -> None:
+        """Every worker process (Redis must be up: ``start_redis``)."""
         for child in self.children:
             self._spawn(child)
 

@@ -22,6 +22,8 @@ from detector.service import DetectorOptions
 from index.service import IndexerOptions
 from index.tracker import TrackerOptions
 from ingest.decoder import IngestOptions
+from watchlist.delivery import DeliveryOptions
+from watchlist.matcher import MatcherOptions
 
 
 class _Section(BaseModel):
@@ -94,6 +96,59 @@ class IndexSettings(_Section):
         )
 
 
+FALLBACK_THRESHOLD = 0.6  # for a model without a calibrated threshold
+
+
+class WatchlistSettings(_Section):
+    """How detections become alerts (see watchlist/matcher.py)."""
+
+    default_threshold: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="cosine similarity a frame needs to vote for a person without their own threshold; "
+        "None: the threshold calibrated for the model (`personsearch watchlist calibrate`, kept in its weights file)",
+    )
+    margin: float = Field(default=0.05, ge=0, le=2, description="the best person must beat the runner-up by this")
+    consensus_frames: int = Field(default=3, ge=1, description="votes for one person needed to alert ...")
+    window_frames: int = Field(default=6, ge=1, description="... among a tracklet's last this many frames")
+    cooldown_s: float = Field(default=60.0, gt=0, description="no second alert for a (person, camera) this long")
+    min_det_score: float = Field(default=0.5, ge=0, le=1, description="weaker detections do not vote")
+    retention_days: float = Field(default=30.0, gt=0, description="the alert audit log keeps alerts this long")
+    max_photo_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="largest photo upload accepted")
+
+    def options(self, calibrated: float | None = None) -> MatcherOptions:
+        """The matcher's options; ``calibrated`` is the model's threshold, used when none is configured."""
+        threshold = self.default_threshold if self.default_threshold is not None else calibrated
+        return MatcherOptions(
+            default_threshold=threshold if threshold is not None else FALLBACK_THRESHOLD,
+            margin=self.margin, consensus_frames=self.consensus_frames,
+            window_frames=self.window_frames, cooldown_s=self.cooldown_s, min_det_score=self.min_det_score,
+            retention_s=self.retention_days * 86400,
+        )  # fmt: skip
+
+
+class DeliverySettings(_Section):
+    """Webhook delivery of alerts (see watchlist/delivery.py)."""
+
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_cap_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+    def options(self) -> DeliveryOptions:
+        return DeliveryOptions(**self.model_dump())
+
+
+class ApiSettings(_Section):
+    """The HTTP API (FastAPI) that `personsearch up` serves."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="0.0.0.0 to serve other machines")
+    port: int = Field(default=8080, ge=1, le=65535)
+    auth: bool = Field(default=True, description="require an API key (`personsearch apikeys create`)")
+
+
 class Settings(BaseSettings):
     """Everything a deployment configures."""
 
@@ -109,6 +164,9 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     tracker: TrackerSettings = TrackerSettings()
     index: IndexSettings = IndexSettings()
+    watchlist: WatchlistSettings = WatchlistSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

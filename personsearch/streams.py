@@ -108,6 +108,76 @@ class Keys:
     def index_snapshot_position(self, name: str) -> str:
         return f"{self.prefix}:index:{name}:position"
 
+    # -- watchlist, alerts, delivery, API keys --
+
+    @property
+    def watchlist(self) -> str:
+        """Hash: person id -> Person JSON (name, threshold, photos)."""
+        return f"{self.prefix}:watchlist:persons"
+
+    @property
+    def watchlist_embeddings(self) -> str:
+        """Hash: "<person>/<photo>" -> float32 unit embedding of that photo."""
+        return f"{self.prefix}:watchlist:embeddings"
+
+    @property
+    def watchlist_photos(self) -> str:
+        """Hash: photo id -> the uploaded JPEG/PNG bytes."""
+        return f"{self.prefix}:watchlist:photos"
+
+    @property
+    def watchlist_version(self) -> str:
+        """Counter bumped on every watchlist change, so matchers reload."""
+        return f"{self.prefix}:watchlist:version"
+
+    @property
+    def alert_log(self) -> str:
+        """Hash: alert id -> AlertRecord JSON (the audit log, with acknowledgement)."""
+        return f"{self.prefix}:alerts:log"
+
+    @property
+    def alert_times(self) -> str:
+        """Sorted set: alert id scored by capture time (listing and retention)."""
+        return f"{self.prefix}:alerts:by_time"
+
+    @property
+    def alert_snapshots(self) -> str:
+        """Hash: alert id -> JPEG snapshot."""
+        return f"{self.prefix}:alerts:snapshots"
+
+    def alert_cooldown(self, person_id: str, camera_id: str) -> str:
+        """Set with a TTL while (person, camera) is cooling down after an alert."""
+        return f"{self.prefix}:alerts:cooldown:{person_id}:{camera_id}"
+
+    @property
+    def webhooks(self) -> str:
+        """Hash: webhook id -> Webhook JSON (url, secret)."""
+        return f"{self.prefix}:webhooks"
+
+    def webhook_status(self, webhook_id: str) -> str:
+        """Hash of the webhook's delivery counters and last error."""
+        return f"{self.prefix}:webhook:{webhook_id}:status"
+
+    @property
+    def deliveries(self) -> str:
+        """Sorted set: "<webhook>|<alert stream id>" scored by the time of the next attempt."""
+        return f"{self.prefix}:deliveries:due"
+
+    @property
+    def delivery_attempts(self) -> str:
+        """Hash: "<webhook>|<alert stream id>" -> attempts made so far."""
+        return f"{self.prefix}:deliveries:attempts"
+
+    @property
+    def deliveries_failed(self) -> str:
+        """Stream of deliveries given up after the last retry (webhook, alert, error)."""
+        return f"{self.prefix}:deliveries:failed"
+
+    @property
+    def api_keys(self) -> str:
+        """Hash: key id -> ApiKey JSON (name, SHA-256 of the secret, created)."""
+        return f"{self.prefix}:apikeys"
+
 
 class Groups:
     """Consumer-group names, one per consuming stage."""
@@ -288,11 +358,18 @@ class AlertMessage(Message):
     kind: ClassVar[str] = "alert"
     alert_id: str
     person_id: str
+    person_name: str = ""
     camera: str
-    capture_ts: float
-    score: float
+    seq: int = Field(default=-1, description="frame sequence number of the frame that completed the consensus")
+    capture_ts: float = Field(description="wall-clock capture time of that frame, Unix seconds")
+    media_ts: float | None = Field(default=None, description="that frame's time within its source")
+    first_seen_ts: float | None = Field(default=None, description="capture time of the tracklet's first frame")
+    alerted_ts: float = Field(default=0.0, description="when the matcher raised the alert, Unix seconds")
+    score: float = Field(description="mean cosine similarity over the consensus frames")
+    frames: int = Field(default=1, description="frames of the tracklet that matched (the consensus)")
     box: tuple[float, float, float, float]
     tracklet_id: str | None = None
+    model: str = ""
     snapshot: bytes = b""
 
     @property

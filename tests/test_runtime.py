@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import torch
 from detector.config import ModelConfig, get_model_config
 from detector.model import build_model
 from detector.weights import save_weights
-from personsearch.runtime import Supervisor
+from personsearch.runtime import STALE_AFTER_S, WORKERS, Supervisor, live_workers
 from personsearch.settings import load_settings
 from personsearch.streams import Keys
 
@@ -44,6 +47,7 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
         metrics_port=None,
         engine={"kind": "torch", "weights": weights},
         index={"save_period_s": 1.0},
+        api={"port": _free_port()},
     )
     sup = Supervisor(settings)
     stop = threading.Event()
@@ -62,10 +66,13 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
         while time.monotonic() < deadline and sup.private is None:
             time.sleep(0.2)
         r = sup.private.client()
-        while time.monotonic() < deadline and len(registered()) < 4:  # every worker past start-up
+        while time.monotonic() < deadline and len(registered()) < len(WORKERS):  # every worker past start-up
             time.sleep(0.2)
-        assert [c.name for c in sup.children] == ["ingest", "detector", "tracker", "indexer"]
-        assert {w.split(":")[0] for w in registered()} == {"ingest", "detector", "tracker", "indexer"}
+        assert [c.name for c in sup.children] == list(WORKERS)
+        assert {w.split(":")[0] for w in registered()} == set(WORKERS)
+        assert {k.encode() for k in live_workers(r, keys)} == set(r.hkeys(keys.workers))  # every heartbeat fresh
+        health = urllib.request.urlopen(f"http://127.0.0.1:{settings.api.port}/health", timeout=10)
+        assert json.loads(health.read()) == {"status": "ok"}
         tracker = next(c for c in sup.children if c.name == "tracker")
         old_pid = tracker.process.pid  # type: ignore[union-attr]
         os.kill(old_pid, signal.SIGKILL)
@@ -83,3 +90,16 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
     assert set(codes.values()) == {0}, codes
     assert sup.private is None  # the private Redis was stopped
     assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or any((tmp_path / "data" / "redis").iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_worker_killed_without_cleaning_up_ages_out_of_the_registry(r, keys: Keys) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    r.hset(keys.workers, mapping={"tracker:h:1": repr(now - STALE_AFTER_S - 1), "tracker:h:2": repr(now - 1)})
+    assert set(live_workers(r, keys, now)) == {"tracker:h:2"}
+    assert r.hkeys(keys.workers) == [b"tracker:h:2"]  # the stale entry is removed
