@@ -73,8 +73,15 @@ case "${1:-}" in
     "$VENV/bin/mypy"
     exec "$VENV/bin/pytest" -q "$@"
     ;;
+  demo)
+    # The product's main job on embedded defaults: private Redis, the bundled model, two generated cameras, a
+    # watchlist person, every worker and the API; alerts print live and a summary against the ground truth ends it.
+    shift
+    setup
+    exec "$VENV/bin/personsearch" demo "$@"
+    ;;
   *)
-    echo "usage: ./run.sh setup | test [pytest args]" >&2
+    echo "usage: ./run.sh setup | demo [personsearch demo options] | test [pytest args]" >&2
     exit 2
     ;;
 esac

@@ -41,7 +41,7 @@ def query_embedding(
         found = [tuple(float(v) for v in b) for b in det.boxes[keep]]
         if len(found) != 1:
             what = "no person" if not found else f"{len(found)} persons"
-            raise QueryPhotoError(f"found {what} in the photo; give the box of the person to search for", found)  # type: ignore[arg-type]
+            raise QueryPhotoError(f"found {what} in the photo; give the box of the person meant", found)  # type: ignore[arg-type]
         box = found[0]
     x1, y1, x2, y2 = (float(v) for v in box)
     x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)

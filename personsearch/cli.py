@@ -68,11 +68,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from training.pretrain import pretrain_backbone
+    from training.pretrain import pretrain_backbone, pretrain_roi
 
-    summary = pretrain_backbone(
-        Path(args.data), Path(args.out), backbone=args.backbone, steps=args.steps, seed=args.seed
-    )
+    if args.stage == "roi":
+        if not args.init:
+            raise ValueError("--stage roi starts from the crop stage's weights: give them with --init")
+        summary = pretrain_roi(
+            Path(args.data), Path(args.out), Path(args.init), model_name=args.model, steps=args.steps, seed=args.seed
+        )
+    else:
+        summary = pretrain_backbone(
+            Path(args.data), Path(args.out), backbone=args.backbone, steps=args.steps, seed=args.seed
+        )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -173,6 +180,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.getLogger().setLevel(settings.log_level)
+    if settings.metrics_port:  # a lone worker (a container) serves its own metrics
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
     run_worker(args.name, settings, settings.redis_url, stop)
     return 0
 
@@ -262,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     t.set_defaults(func=cmd_train)
 
-    pt = sub.add_parser("pretrain", help="pre-train a backbone on the training split's identity crops")
+    pt = sub.add_parser("pretrain", help="pre-train a backbone on the training identities (crops, then RoIs)")
+    pt.add_argument(
+        "--stage", choices=["crops", "roi"], default="crops",
+        help="crops: classify identity crops; roi: classify identities through the joint network's RoI path",
+    )  # fmt: skip
+    pt.add_argument("--init", help="roi stage: the crop stage's state dict")
+    pt.add_argument("--model", default="oim-r18-demo", help="roi stage: the network configuration")
     pt.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout")
     pt.add_argument("--out", required=True, help="state dict to write (a JSON summary goes beside it)")
     pt.add_argument("--backbone", default="resnet18")
@@ -328,7 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="settings YAML")
     g.set_defaults(func=cmd_config)
     add_commands(sub)
+    _config_after_the_action(sub)
     return p
+
+
+def _config_after_the_action(sub: Any) -> None:
+    """Let `--config` also follow the action (`personsearch cameras list --config s.yaml`), not only precede it."""
+    for group in sub.choices.values():
+        for action in group._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for leaf in action.choices.values():
+                    if not any("--config" in a.option_strings for a in leaf._actions):
+                        leaf.add_argument("--config", default=argparse.SUPPRESS, help="settings YAML")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,25 @@ def _engine(settings: Any) -> Any:
     return load_engine(e.kind, e.weights, e.onnx_dir, e.device)
 
 
+def save_threshold(settings: Any, threshold: float) -> Path:
+    """Record a calibrated threshold in the configured model's weights file (or ONNX export manifest)."""
+    import torch
+
+    from detector.weights import DEMO_WEIGHTS, read_weights
+
+    if settings.engine.onnx_dir is not None:
+        path = Path(settings.engine.onnx_dir) / "model.json"
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("meta", {})["match_threshold"] = threshold
+        path.write_text(json.dumps(manifest, indent=2))
+        return path
+    path = Path(settings.engine.weights or DEMO_WEIGHTS)
+    blob = read_weights(path)
+    blob["meta"] = {**blob.get("meta", {}), "match_threshold": threshold}
+    torch.save(blob, path)
+    return path
+
+
 def _box(text: str | None) -> list[float] | None:
     if not text:
         return None
@@ -59,8 +78,10 @@ def _when(ts: float | None) -> str:
 
 def cmd_watchlist(args: argparse.Namespace) -> int:
     from personsearch.runtime import match_threshold
-    from watchlist.store import PhotoInput, Watchlist
+    from watchlist.store import PhotoError, PhotoInput, Watchlist
 
+    if args.action == "calibrate":  # needs the model and a labelled set, not Redis
+        return _calibrate(args)
     settings, r, keys, server = _ctx(args)
     try:
         wl = Watchlist(r, keys, settings.watchlist.max_photo_bytes)
@@ -72,11 +93,20 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
                 PhotoInput(Path(p).read_bytes(), _box(boxes[i]) if boxes else None) for i, p in enumerate(args.photos)
             ]
             engine = _engine(settings)
-            if args.action == "add":
-                person = wl.add(engine, args.person_id, photos, args.name or "", args.threshold, args.notes or "")
-            else:
-                person = wl.add_photos(engine, args.person_id, photos)
+            try:
+                if args.action == "add":
+                    person = wl.add(engine, args.person_id, photos, args.name or "", args.threshold, args.notes or "")
+                else:
+                    person = wl.add_photos(engine, args.person_id, photos)
+            except PhotoError as e:
+                if e.boxes:
+                    found = "  ".join(",".join(f"{v:.0f}" for v in b) for b in e.boxes)
+                    raise PhotoError(f"{e}; persons found (give one with --box): {found}", e.status, e.boxes) from None
+                raise
             print(person.model_dump_json(indent=2))
+        elif args.action == "re-embed":
+            persons = wl.reembed(_engine(settings))
+            print(f"re-embedded {sum(len(p.photos) for p in persons)} photos of {len(persons)} persons")
         elif args.action == "list":
             persons = wl.list()
             for p in persons:
@@ -84,18 +114,6 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
                 thr = f"{p.threshold:.2f}" if p.threshold is not None else default
                 print(f"{p.person_id:<20} {p.name:<24} photos {len(p.photos):<3} threshold {thr:<6} {p.notes}")
             print("no one on the watchlist" if not persons else "(* the default threshold)")
-        elif args.action == "calibrate":
-            from watchlist.calibrate import run
-
-            engine = _engine(settings)
-            cal = run(engine, Path(args.data), args.gallery_size, args.target_fmr,
-                      Path(args.json) if args.json else None, Path(args.plot) if args.plot else None)  # fmt: skip
-            print(cal.table())
-            print(
-                f"\n{cal.boxes} boxes of {cal.identities} identities: {cal.genuine_pairs} genuine and "
-                f"{cal.impostor_pairs} impostor pairs. Set watchlist.default_threshold: {cal.threshold:.2f} "
-                f"(false match rate {cal.fmr:.4f} per frame, genuine accept rate {cal.gar:.3f})."
-            )
         elif args.action == "show":
             print(wl.get(args.person_id).model_dump_json(indent=2))
         elif args.action == "update":
@@ -113,6 +131,26 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from personsearch.cli import _settings
+    from watchlist.calibrate import run
+
+    settings = _settings(args)
+    if args.save and settings.engine.onnx_dir is None and settings.engine.weights is None:
+        raise ValueError("--save writes into the weights file: name it (engine.weights), not the bundled model")
+    cal = run(_engine(settings), Path(args.data), args.gallery_size, args.target_fmr,
+              Path(args.json) if args.json else None, Path(args.plot) if args.plot else None)  # fmt: skip
+    print(cal.table())
+    print(
+        f"\n{cal.boxes} boxes of {cal.identities} identities: {cal.genuine_pairs} genuine and "
+        f"{cal.impostor_pairs} impostor pairs. Set watchlist.default_threshold: {cal.threshold:.2f} "
+        f"(false match rate {cal.fmr:.4f} per frame, genuine accept rate {cal.gar:.3f})."
+    )
+    if args.save:
+        print(f"\nmatch_threshold {cal.threshold:.2f} saved in {save_threshold(settings, cal.threshold)}")
     return 0
 
 
@@ -286,6 +324,8 @@ def add_commands(sub: Any) -> None:
     wc.add_argument("--target-fmr", type=float, default=0.01, help="false match rate per frame to stay within")
     wc.add_argument("--json", help="write the curve and the recommendation here")
     wc.add_argument("--plot", help="PNG of the genuine-accept and false-match curves")
+    wc.add_argument("--save", action="store_true", help="store the threshold in the model's weights file (its meta)")
+    ws.add_parser("re-embed", help="embed every stored photo again with the configured model (after a model change)")
     wsh = ws.add_parser("show", help="one person with their photos")
     wsh.add_argument("person_id")
     wu = ws.add_parser("update", help="change name, notes or threshold")

@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class DemoOptions:
     config: Path | None = None  # a settings YAML (engine, thresholds, ...); the demo sets its own data_dir and Redis
     api_port: int = 8080
     quiet: bool = False
+    video: dict[str, Any] = field(default_factory=dict)  # CameraVideoConfig overrides for the generated cameras
+    on_start: Callable[[dict[str, Any]], None] | None = None  # called with {"api", "api_key", "redis_url"} once live
 
 
 @dataclass
@@ -187,10 +190,12 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
     out = Path(opt.out)
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)  # every demo run starts from an empty Redis and index
-    cams_dir = out / f"cameras-s{opt.seed}-c{opt.cameras}-{opt.seconds:g}s-{opt.width}x{opt.height}"
+    variant = "".join(f"-{k}{v}" for k, v in sorted(opt.video.items()))
+    cams_dir = out / f"cameras-s{opt.seed}-c{opt.cameras}-{opt.seconds:g}s-{opt.width}x{opt.height}{variant}"
     if not (cams_dir / "cameras.json").is_file():
         _say(opt, f"rendering {opt.cameras} synthetic cameras ({opt.seconds:g} s each) into {cams_dir} ...")
-        config = CameraVideoConfig(width=opt.width, height=opt.height, fps=10, seconds=opt.seconds)
+        config = CameraVideoConfig(**{"width": opt.width, "height": opt.height, "fps": 10, "seconds": opt.seconds,
+                                      **opt.video})  # fmt: skip
         render_camera_set(cams_dir, opt.seed, cameras=opt.cameras, watch_identities=2, config=config, progress=True)
     meta = json.loads((cams_dir / "cameras.json").read_text())
     watched = meta["identities"][0]  # on the watchlist; the other named identity and the look-alikes are distractors
@@ -231,6 +236,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         api = f"http://{settings.api.host}:{settings.api.port}"
         _say(opt, f"API: {api}/docs  (X-API-Key: {api_key})")
         _say(opt, f"cameras: {', '.join(truths)} playing; alerts appear below as they arrive\n")
+        if opt.on_start is not None:
+            opt.on_start({"api": api, "api_key": api_key, "redis_url": url})
         last_id = "0-0"
         deadline = t0 + (opt.duration_s if opt.duration_s is not None else opt.seconds + 120)
         ended_at: float | None = None

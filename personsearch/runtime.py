@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
+import shutil
 import signal
 import threading
 import time
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # the settings import torch (through the services' options); 
 logger = logging.getLogger(__name__)
 
 WORKERS = ("ingest", "detector", "tracker", "indexer", "matcher", "delivery", "api")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HEARTBEAT_S = 5.0  # a worker refreshes its entry in the workers hash this often ...
 STALE_AFTER_S = 15.0  # ... and one not refreshed for this long is gone (killed without a chance to remove it)
 
@@ -42,6 +45,19 @@ def engine_identity(settings: Settings) -> tuple[str, int]:
 
         cfg = read_weights(settings.engine.weights or DEMO_WEIGHTS)["config"]
     return str(cfg["name"]), int(cfg["embedding_dim"])
+
+
+def metrics_registry(directory: Path | str | None = None) -> Any:
+    """The registry to serve: every process's metrics when they are kept in files (``directory``, or the
+    ``PROMETHEUS_MULTIPROC_DIR`` of a worker of `personsearch up`), else this process's own."""
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+
+    path = directory or os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(path))
+    return registry
 
 
 def model_meta(settings: Settings) -> dict[str, Any]:
@@ -76,7 +92,6 @@ def run_worker(name: str, settings: Settings, redis_url: str, stop: threading.Ev
     The worker's entry in ``<prefix>:workers`` is its last heartbeat (Unix seconds), refreshed every HEARTBEAT_S; an
     entry older than STALE_AFTER_S belongs to a worker that died without removing it (``live_workers`` skips those).
     """
-    import os
     import socket
 
     from personsearch.streams import Keys
@@ -150,7 +165,8 @@ def _build_worker(name: str, settings: Settings, r: redis.Redis, keys: Any, redi
     if name == "matcher":
         from watchlist.matcher import MatcherService
 
-        return MatcherService(r, keys, settings.watchlist.options(match_threshold(settings)))
+        matching = settings.watchlist.options(match_threshold(settings), settings.tracker.options())
+        return MatcherService(r, keys, matching)
     if name == "delivery":
         from watchlist.delivery import DeliveryService
 
@@ -203,6 +219,7 @@ class Supervisor:
             for i in range(settings.detector.workers if n == "detector" else 1)
         ]
         self._ctx = mp.get_context("spawn")  # no forked torch/onnxruntime state in the workers
+        self.metrics_dir = (Path(settings.data_dir) / "metrics").resolve()
 
     def start_redis(self) -> str:
         """The configured Redis, or a private server in ``data_dir/redis``; returns its URL."""
@@ -223,7 +240,17 @@ class Supervisor:
             name=f"personsearch-{child.name}",
             daemon=False,
         )
-        child.process.start()
+        # Workers write their metrics to files in metrics_dir (prometheus_client's multiprocess mode), which this
+        # process serves as one /metrics; only the children get the variable, so nothing else here changes.
+        saved = os.environ.get(MULTIPROC_ENV)
+        os.environ[MULTIPROC_ENV] = str(self.metrics_dir)
+        try:
+            child.process.start()
+        finally:
+            if saved is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = saved
         child.started_at = time.monotonic()
         logger.info("started %s (pid %s)", child.name, child.process.pid)
 
@@ -234,6 +261,8 @@ class Supervisor:
 
     def start_workers(self) -> None:
         """Every worker process (Redis must be up: ``start_redis``)."""
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # the previous run's per-process metric files
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
             self._spawn(child)
 
@@ -245,6 +274,10 @@ class Supervisor:
             if p is None or p.is_alive():
                 continue
             if child.restart_at == 0.0:
+                with contextlib.suppress(OSError):
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(p.pid, str(self.metrics_dir))  # its live gauges go
                 if now - child.started_at > 60:
                     child.restarts = 0  # it ran fine for a while: start the back-off over
                 delay = min(30.0, 0.5 * 2**child.restarts)
@@ -288,13 +321,13 @@ def up(settings: Settings, workers: list[str] | None = None, duration_s: float |
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sup = Supervisor(settings, workers=workers)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port)
-        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
+        start_http_server(settings.metrics_port, registry=metrics_registry(sup.metrics_dir))
+        logger.info("metrics of every worker on http://0.0.0.0:%d/metrics", settings.metrics_port)
     if duration_s is not None:
         threading.Timer(duration_s, stop.set).start()
-    sup = Supervisor(settings, workers=workers)
     sup.run(stop)
     return 0

@@ -7,10 +7,11 @@ show`` the effective values.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -117,15 +118,27 @@ class WatchlistSettings(_Section):
     retention_days: float = Field(default=30.0, gt=0, description="the alert audit log keeps alerts this long")
     max_photo_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="largest photo upload accepted")
 
-    def options(self, calibrated: float | None = None) -> MatcherOptions:
+    @model_validator(mode="after")
+    def _consensus_fits_the_window(self) -> WatchlistSettings:
+        if self.consensus_frames > self.window_frames:
+            raise ValueError(
+                f"watchlist.consensus_frames ({self.consensus_frames}) cannot exceed "
+                f"window_frames ({self.window_frames})"
+            )
+        return self
+
+    def options(self, calibrated: float | None = None, tracker: TrackerOptions | None = None) -> MatcherOptions:
         """The matcher's options; ``calibrated`` is the model's threshold, used when none is configured."""
         threshold = self.default_threshold if self.default_threshold is not None else calibrated
-        return MatcherOptions(
+        options = MatcherOptions(
             default_threshold=threshold if threshold is not None else FALLBACK_THRESHOLD,
             margin=self.margin, consensus_frames=self.consensus_frames,
             window_frames=self.window_frames, cooldown_s=self.cooldown_s, min_det_score=self.min_det_score,
             retention_s=self.retention_days * 86400,
         )  # fmt: skip
+        if tracker is not None:  # the tracker's linking settings, without its update events (not needed here)
+            options = replace(options, tracker=replace(tracker, update_every=10**9))
+        return options
 
 
 class DeliverySettings(_Section):

@@ -98,7 +98,7 @@ class Keys:
 
     @property
     def workers(self) -> str:
-        """Hash: "<worker>:<host>:<pid>" -> start time, for every worker process that is up (removed on exit)."""
+        """Hash: "<worker>:<host>:<pid>" -> last heartbeat (Unix seconds) of every worker process that is up."""
         return f"{self.prefix}:workers"
 
     def done(self, stage: str, key: str) -> str:

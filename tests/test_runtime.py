@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from prometheus_client import generate_latest
 
 from detector.config import ModelConfig, get_model_config
 from detector.model import build_model
 from detector.weights import save_weights
-from personsearch.runtime import STALE_AFTER_S, WORKERS, Supervisor, live_workers
+from personsearch.runtime import STALE_AFTER_S, WORKERS, Supervisor, live_workers, metrics_registry
 from personsearch.settings import load_settings
 from personsearch.streams import Keys
 
@@ -73,6 +74,13 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
         assert {k.encode() for k in live_workers(r, keys)} == set(r.hkeys(keys.workers))  # every heartbeat fresh
         health = urllib.request.urlopen(f"http://127.0.0.1:{settings.api.port}/health", timeout=10)
         assert json.loads(health.read()) == {"status": "ok"}
+        # One /metrics for every worker process (prometheus_client's multiprocess files in data_dir/metrics).
+        want = ("personsearch_watchlist_persons", "personsearch_api_requests_total")
+        text = ""
+        while time.monotonic() < deadline and not all(w in text for w in want):  # the matcher's first read may lag
+            text = generate_latest(metrics_registry(sup.metrics_dir)).decode()
+            time.sleep(0.2)
+        assert all(w in text for w in want), text[-2000:]
         tracker = next(c for c in sup.children if c.name == "tracker")
         old_pid = tracker.process.pid  # type: ignore[union-attr]
         os.kill(old_pid, signal.SIGKILL)

@@ -99,6 +99,15 @@ def test_add_get_update_and_delete_a_person(r, keys: Keys) -> None:  # type: ign
         wl.remove_photo("alice", p.photos[0].photo_id)
     assert e.value.status == 409
 
+    class Rotated(ColourEngine):  # another model: every photo embeds one dimension further on
+        model_name = "other-model"
+
+        def embed(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+            return np.roll(super().embed(image, boxes), 1, axis=1)
+
+    (p,) = wl.reembed(Rotated())
+    assert p.model == "other-model" and np.allclose(wl.embeddings()[1][0], unit(2))
+
     wl.delete("alice")
     assert wl.list() == [] and not r.hlen(keys.watchlist_embeddings) and not r.hlen(keys.watchlist_photos)
     with pytest.raises(WatchlistError) as e:

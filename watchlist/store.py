@@ -280,6 +280,32 @@ class Watchlist:
         pipe.execute()
         return person
 
+    def reembed(self, engine: Engine) -> builtins.list[Person]:
+        """Embed every stored photo again with ``engine`` (after the model changed), all persons in one transaction.
+
+        The photos' boxes are kept, so nothing is detected again. A photo that no longer decodes is an error and
+        nothing is written.
+        """
+        persons = self.list()
+        updated, rows = [], []
+        for person in persons:
+            for photo in person.photos:
+                data = self.r.hget(self.keys.watchlist_photos, photo.photo_id)
+                if data is None:
+                    raise WatchlistError(f"photo {photo.photo_id} of {person.person_id!r} is missing from Redis", 500)
+                image, _ = decode_photo(data, max(self.max_photo_bytes, len(data)))  # type: ignore[arg-type]
+                emb = engine.embed(image, np.asarray([photo.box], np.float32))[0]
+                rows.append((f"{person.person_id}/{photo.photo_id}", np.ascontiguousarray(emb, dtype="<f4")))
+            updated.append(person.model_copy(update={"model": engine.model_name, "updated_at": time.time()}))
+        pipe = self.r.pipeline(transaction=True)
+        for person in updated:
+            pipe.hset(self.keys.watchlist, person.person_id, person.model_dump_json())
+        for key, emb in rows:
+            pipe.hset(self.keys.watchlist_embeddings, key, emb.tobytes())
+        pipe.incr(self.keys.watchlist_version)
+        pipe.execute()
+        return updated
+
     # -- helpers --
 
     def _prepare(self, engine: Engine, photo: PhotoInput, index: int) -> tuple[Photo, np.ndarray, bytes]:
