@@ -110,6 +110,7 @@ def plot(cal: Calibration, path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     t, g, f = (np.array(v) for v in zip(*cal.curve))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(t, g, label="genuine accept rate")
