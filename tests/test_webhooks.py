@@ -147,8 +147,8 @@ def test_delivers_signed_alert_json_without_snapshot_bytes(r, keys, service, rec
 
 
 def test_retries_after_server_errors_until_delivered(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
-    rec = receiver_factory("s3cret", codes=[500, 500])
-    hook = WebhookRegistry(r, keys).add(rec.url, secret="s3cret")
+    rec = receiver_factory("s3cret-s3cret-s3cret", codes=[500, 500])
+    hook = WebhookRegistry(r, keys).add(rec.url, secret="s3cret-s3cret-s3cret")
     publish(r, keys.alerts, alert())
 
     drive(service, lambda: len(rec.requests) == 3)
@@ -165,9 +165,9 @@ def test_retries_after_server_errors_until_delivered(r, keys, service, receiver_
 
 
 def test_gives_up_after_max_attempts_and_logs_the_failure(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
-    rec = receiver_factory("s", codes=[503] * 10)
+    rec = receiver_factory("s" * 16, codes=[503] * 10)
     registry = WebhookRegistry(r, keys)
-    hook = registry.add(rec.url, secret="s")
+    hook = registry.add(rec.url, secret="s" * 16)
     entry_id = publish(r, keys.alerts, alert("a9"))
 
     drive(service, lambda: registry.status(hook.webhook_id).gave_up == 1)
@@ -199,9 +199,9 @@ def test_unreachable_receiver_records_connection_error(r, keys, service) -> None
 
 
 def test_alert_trimmed_from_stream_is_given_up(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
-    rec = receiver_factory("s")
+    rec = receiver_factory("s" * 16)
     registry = WebhookRegistry(r, keys)
-    hook = registry.add(rec.url, secret="s")
+    hook = registry.add(rec.url, secret="s" * 16)
     entry_id = publish(r, keys.alerts, alert())
     service.fan_out(block_ms=0)
     r.xdel(keys.alerts, entry_id)
@@ -215,7 +215,7 @@ def test_alert_trimmed_from_stream_is_given_up(r, keys, service, receiver_factor
 def test_receiver_rejects_wrong_secret(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
     rec = receiver_factory("the-receivers-secret")
     registry = WebhookRegistry(r, keys)
-    hook = registry.add(rec.url, secret="another-secret")
+    hook = registry.add(rec.url, secret="another-secret-key")
     publish(r, keys.alerts, alert())
 
     drive(service, lambda: registry.status(hook.webhook_id).failed_attempts >= 1)
@@ -250,8 +250,10 @@ def test_refuses_non_http_urls(r, keys, url: str) -> None:  # type: ignore[no-un
 def test_registry_add_get_list_remove(r, keys) -> None:  # type: ignore[no-untyped-def]
     registry = WebhookRegistry(r, keys)
     a = registry.add("https://example.com/a", description="first")
-    b = registry.add("http://example.com/b", secret="given")
-    assert len(a.secret) >= 40 and b.secret == "given"
+    b = registry.add("http://example.com/b", secret="given-secret-0123")
+    assert len(a.secret) >= 40 and b.secret == "given-secret-0123"
+    with pytest.raises(ValueError, match="16-256 characters"):
+        registry.add("http://example.com/c", secret="short")
     assert a.webhook_id != b.webhook_id
     assert registry.get(a.webhook_id) == a
     assert [h.webhook_id for h in registry.list()] == [a.webhook_id, b.webhook_id]
@@ -265,10 +267,10 @@ def test_registry_add_get_list_remove(r, keys) -> None:  # type: ignore[no-untyp
 
 
 def test_removing_webhook_drops_its_pending_deliveries(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
-    rec = receiver_factory("s")
+    rec = receiver_factory("s" * 16)
     registry = WebhookRegistry(r, keys)
     gone = registry.add(f"http://127.0.0.1:{closed_port()}/hook")
-    kept = registry.add(rec.url, secret="s")
+    kept = registry.add(rec.url, secret="s" * 16)
     publish(r, keys.alerts, alert("a1"))
     publish(r, keys.alerts, alert("a2"))
     service.fan_out(block_ms=0)
@@ -285,10 +287,10 @@ def test_removing_webhook_drops_its_pending_deliveries(r, keys, service, receive
 
 
 def test_every_webhook_receives_every_alert(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
-    one, two = receiver_factory("one"), receiver_factory("two")
+    one, two = receiver_factory("one-secret-one-secret"), receiver_factory("two-secret-two-secret")
     registry = WebhookRegistry(r, keys)
-    registry.add(one.url, secret="one")
-    registry.add(two.url, secret="two")
+    registry.add(one.url, secret="one-secret-one-secret")
+    registry.add(two.url, secret="two-secret-two-secret")
     for i in range(3):
         publish(r, keys.alerts, alert(f"a{i}"))
 
@@ -301,8 +303,8 @@ def test_every_webhook_receives_every_alert(r, keys, service, receiver_factory) 
 
 def test_killed_worker_loses_no_delivery(r, keys, receiver_factory) -> None:  # type: ignore[no-untyped-def]
     """Deliveries live in Redis: one scheduled but never sent, and one leased by a worker that died, both arrive."""
-    rec = receiver_factory("s")
-    WebhookRegistry(r, keys).add(rec.url, secret="s")
+    rec = receiver_factory("s" * 16)
+    WebhookRegistry(r, keys).add(rec.url, secret="s" * 16)
     short_lease = DeliveryOptions(backoff_initial_s=0.01, timeout_s=0.2, claim_idle_ms=300)
     publish(r, keys.alerts, alert("a1"))
     dead = DeliveryService(r, keys, short_lease, consumer_name="dead")

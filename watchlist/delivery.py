@@ -103,6 +103,9 @@ class WebhookStatus(BaseModel):
     last_status_code: int | None = None  # of the last attempt; None when it got no HTTP response
 
 
+MIN_SECRET, MAX_SECRET = 16, 256  # a short HMAC key is guessable
+
+
 class WebhookRegistry:
     """The webhooks of a deployment, in one Redis hash."""
 
@@ -110,7 +113,9 @@ class WebhookRegistry:
         self.r, self.keys = r, keys
 
     def add(self, url: str, secret: str | None = None, description: str = "") -> Webhook:
-        """Register a webhook; a secret is generated when none is given. ValueError on an invalid url."""
+        """Register a webhook; a secret is generated when none is given. ValueError on an invalid url or secret."""
+        if secret is not None and not MIN_SECRET <= len(secret) <= MAX_SECRET:
+            raise ValueError(f"a webhook secret must be {MIN_SECRET}-{MAX_SECRET} characters, got {len(secret)}")
         hook = Webhook(
             webhook_id=secrets.token_hex(6),
             url=url,
