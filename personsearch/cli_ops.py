@@ -9,18 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def _ctx(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(settings, redis client, keys, private server to stop or None)."""
+@contextmanager
+def _session(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
+    """(settings, redis client, keys) for one command; a private Redis started for it is stopped afterwards."""
     from personsearch.cli import _redis_for_cli, _settings
     from personsearch.streams import Keys
 
     settings = _settings(args)
     r, server = _redis_for_cli(args)
-    return settings, r, Keys(settings.key_prefix), server
+    try:
+        yield settings, r, Keys(settings.key_prefix)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _engine(settings: Any) -> Any:
@@ -82,8 +89,7 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
 
     if args.action == "calibrate":  # needs the model and a labelled set, not Redis
         return _calibrate(args)
-    settings, r, keys, server = _ctx(args)
-    try:
+    with _session(args) as (settings, r, keys):
         wl = Watchlist(r, keys, settings.watchlist.max_photo_bytes)
         if args.action in ("add", "add-photos"):
             boxes = args.box or []
@@ -128,9 +134,6 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
         else:
             wl.delete(args.person_id)
             print(f"{args.person_id} removed from the watchlist with every photo and embedding")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 
@@ -167,8 +170,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from personsearch.streams import AlertMessage, decode
     from watchlist.alerts import AlertLog, AlertRecord
 
-    _, r, keys, server = _ctx(args)
-    try:
+    with _session(args) as (_, r, keys):
         log = AlertLog(r, keys)
         if args.action == "list":
             ack = {"yes": True, "no": False}.get(args.acknowledged) if args.acknowledged else None
@@ -194,9 +196,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                             print(_alert_line(AlertRecord.from_message(decode(AlertMessage, fields))), flush=True)
             except KeyboardInterrupt:
                 pass
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 
@@ -240,8 +239,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_apikeys(args: argparse.Namespace) -> int:
     from personsearch.auth import ApiKeyStore
 
-    _, r, keys, server = _ctx(args)
-    try:
+    with _session(args) as (_, r, keys):
         store = ApiKeyStore(r, keys)
         if args.action == "create":
             key, secret = store.create(args.name)
@@ -252,17 +250,13 @@ def cmd_apikeys(args: argparse.Namespace) -> int:
         else:
             store.revoke(args.key_id)
             print(f"API key {args.key_id} revoked")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from watchlist.delivery import WebhookRegistry
 
-    _, r, keys, server = _ctx(args)
-    try:
+    with _session(args) as (_, r, keys):
         reg = WebhookRegistry(r, keys)
         if args.action == "add":
             hook = reg.add(args.url, args.secret, args.description or "")
@@ -282,23 +276,20 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         else:
             reg.remove(args.webhook_id)
             print(f"webhook {args.webhook_id} removed")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from personsearch.demo import DemoOptions, run_demo
 
-    summary = run_demo(
+    run_demo(
         DemoOptions(
             out=Path(args.out), seed=args.seed, cameras=args.cameras, seconds=args.seconds, fps=args.fps,
             duration_s=args.duration, json_path=Path(args.json) if args.json else None,
             config=Path(args.config) if args.config else None, api_port=args.api_port,
         )
     )  # fmt: skip
-    return 0 if summary["run_seconds"] >= 0 else 1
+    return 0
 
 
 def add_commands(sub: Any) -> None:
