@@ -23,7 +23,7 @@ import numpy as np
 import redis
 from prometheus_client import Counter, Gauge
 
-from index.store import TrackletIndex, TrackletRecord
+from index.store import MANIFEST, TrackletIndex, TrackletRecord
 from index.tracker import TrackerOptions, TrackletLinker
 from personsearch.streams import (
     DetectionMessage,
@@ -204,6 +204,8 @@ class IndexerService:
     def run(self, stop: threading.Event) -> None:
         """Index until ``stop``; saves a final snapshot."""
         logger.info("indexer started at stream position %s", self.position)
+        if not (self.opt.directory / MANIFEST).exists():
+            self.save()  # an empty snapshot: searches (and the API's readiness) find an index from the start
         while not stop.is_set():
             try:
                 self.step()

@@ -228,6 +228,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         _say(opt, f"watchlist: {person.person_id} ({person.name}) from {photo} (a photo, not a video frame)")
         sup.start_workers()
         _wait_for_workers(r, keys, sup, stop, timeout_s=180)
+        _wait_for_api(f"http://{settings.api.host}:{settings.api.port}/health", stop, timeout_s=60)
         registry = CameraRegistry(r, keys)
         for c in meta["cameras"]:
             registry.add(CameraConfig(id=c["camera"], url=f"file://{(cams_dir / Path(c['video']).name).resolve()}",
@@ -309,6 +310,21 @@ def _wait_for_workers(r: Any, keys: Any, sup: Any, stop: threading.Event, timeou
         time.sleep(0.3)
     if not stop.is_set():
         raise RuntimeError(f"workers not up after {timeout_s:.0f} s: {sorted(want - up)}")
+
+
+def _wait_for_api(url: str, stop: threading.Event, timeout_s: float) -> None:
+    """Until the API answers (its worker registers before uvicorn has bound the port)."""
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"the API did not answer at {url} within {timeout_s:.0f} s") from None
+            time.sleep(0.2)
 
 
 def _drained(r: Any, keys: Any, cameras: list[str], groups: Any) -> bool:

@@ -73,3 +73,27 @@ def test_retention_deletes_tracklets_that_ended_before_the_window(r: redis.Redis
     indexer = IndexerService(r, keys, opts, model="m")
     indexer.step(block_ms=10)
     assert indexer.index.get(old.tracklet_id) is None and indexer.index.get(new.tracklet_id) is not None
+
+
+def test_a_new_indexer_writes_an_empty_snapshot_at_once(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+    """Searches, and the API's readiness, find an index before the first tracklet is indexed."""
+    import threading
+
+    from index.search import IndexReader
+
+    opts = IndexerOptions(directory=tmp_path / "index", dim=D, save_period_s=3600)
+    indexer = IndexerService(r, keys, opts, model="m")
+    stop = threading.Event()
+    thread = threading.Thread(target=indexer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        reader = IndexReader(tmp_path / "index", D, "m", check_period_s=0.0)
+        for _ in range(100):
+            if reader.index() is not None:
+                break
+            stop.wait(0.05)
+        index = reader.index()
+        assert index is not None and len(index) == 0 and index.position == "0-0"
+    finally:
+        stop.set()
+        thread.join(10)

@@ -71,9 +71,8 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
             time.sleep(0.2)
         assert [c.name for c in sup.children] == list(WORKERS)
         assert {w.split(":")[0] for w in registered()} == set(WORKERS)
-        assert {k.encode() for k in live_workers(r, keys)} == set(r.hkeys(keys.workers))  # every heartbeat fresh
-        health = urllib.request.urlopen(f"http://127.0.0.1:{settings.api.port}/health", timeout=10)
-        assert json.loads(health.read()) == {"status": "ok"}
+        assert {w.split(":")[0] for w in live_workers(r, keys)} == set(WORKERS)  # every heartbeat fresh
+        assert json.loads(_get_until_up(f"http://127.0.0.1:{settings.api.port}/health", deadline)) == {"status": "ok"}
         # One /metrics for every worker process (prometheus_client's multiprocess files in data_dir/metrics).
         want = ("personsearch_watchlist_persons", "personsearch_api_requests_total")
         text = ""
@@ -98,6 +97,18 @@ def test_supervisor_runs_every_worker_restarts_a_killed_one_and_stops_cleanly(tm
     assert set(codes.values()) == {0}, codes
     assert sup.private is None  # the private Redis was stopped
     assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or any((tmp_path / "data" / "redis").iterdir())
+
+
+def _get_until_up(url: str, deadline: float) -> bytes:
+    """GET ``url``, retrying while nothing listens yet (the api worker registers before uvicorn has bound its port)."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return bytes(resp.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _free_port() -> int:
