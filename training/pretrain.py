@@ -77,7 +77,12 @@ def nn_accuracy(features: _Features, crops: torch.Tensor, labels: torch.Tensor) 
     with torch.no_grad():
         f = torch.cat([features(crops[i : i + 256].float() / 255) for i in range(0, len(crops), 256)])
     features.train()
-    f = F.normalize(f, dim=1)
+    return _nearest_neighbour_accuracy(f, labels)
+
+
+def _nearest_neighbour_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """(N, D) features, (N,) labels -> how often the nearest other sample (cosine) has the same label."""
+    f = F.normalize(features, dim=1)
     sim = f @ f.T
     sim.fill_diagonal_(-2.0)
     has_other = torch.stack([(labels == label).sum() > 1 for label in labels])
@@ -183,11 +188,7 @@ def roi_nn_accuracy(model: Any, scenes: list[Any], max_scenes: int = 300) -> flo
             feats.append(model.embed_boxes([image], [torch.as_tensor(s.boxes[lab], dtype=torch.float32)])[0])
             pids.append(torch.as_tensor(s.pids[lab]))
     model.train(was)
-    f, p = torch.cat(feats), torch.cat(pids)
-    sim = f @ f.T
-    sim.fill_diagonal_(-2.0)
-    has_other = torch.stack([(p == label).sum() > 1 for label in p])
-    return float((p[sim.argmax(1)] == p)[has_other].float().mean())
+    return _nearest_neighbour_accuracy(torch.cat(feats), torch.cat(pids))
 
 
 def _jitter(boxes: torch.Tensor, gen: torch.Generator, amount: float = 0.1) -> torch.Tensor:
