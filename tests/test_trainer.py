@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from detector.weights import load_model
+from detector.weights import load_model, save_weights
 from training.config import TrainConfig, load_train_config
 from training.data import IterationSampler
 from training.engine import Trainer, build_trainer, lr_factor
@@ -129,6 +129,40 @@ def test_training_run_writes_metrics_plot_checkpoint_and_loadable_weights(tiny_w
     # A finished run resumed is a no-op: nothing trains again.
     again = build_trainer(cfg, progress=False)
     assert again.iteration == 4
+
+
+def test_fine_tuning_starts_from_the_whole_given_network_and_refuses_another_architecture(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    first = Trainer(tiny_config(tiny_world, tmp_path / "a"), progress=False)
+    first.hooks = []
+    first.train()
+    save_weights(first.model, tmp_path / "a.pt", half=True)
+
+    tuned = Trainer(tiny_config(tiny_world, tmp_path / "b", init_weights=str(tmp_path / "a.pt")), progress=False)
+    start, trained = tuned.model.state_dict(), first.model.state_dict()
+    assert all(torch.equal(start[k], trained[k].half().float()) for k in trained if trained[k].is_floating_point())
+    fresh = Trainer(tiny_config(tiny_world, tmp_path / "c"), progress=False).model.state_dict()
+    assert not torch.equal(fresh["roi_heads.box_head.embedding.weight"], start["roi_heads.box_head.embedding.weight"])
+    # A resumed checkpoint wins over init_weights: the run continues where it stopped.
+    tuned.hooks = []
+    tuned.train()
+    tuned.save_checkpoint()
+    resumed = Trainer(tiny_config(tiny_world, tmp_path / "b", init_weights=str(tmp_path / "a.pt")), progress=False)
+    assert resumed.iteration == 4
+    now = tuned.model.state_dict()
+    assert all(torch.equal(resumed.model.state_dict()[k], now[k]) for k in now)
+
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(
+            tiny_config(
+                tiny_world,
+                tmp_path / "d",
+                model_overrides={**TINY_MODEL, "embedding_dim": 128},
+                init_weights=str(tmp_path / "a.pt"),
+            ),
+            progress=False,
+        )
 
 
 def _free_port() -> int:

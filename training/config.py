@@ -51,6 +51,9 @@ class TrainConfig(BaseModel):
 
     model: str = "oim-r50"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
+    # Fine-tuning: a whole joint network to start from (a weights file or a training checkpoint, e.g. the bundled
+    # demo model or an earlier run's model_final.pt) instead of only a backbone. Its architecture must match.
+    init_weights: Path | None = None
     loss: OIMConfig = OIMConfig()
     loss_weight_id: float = 1.0
     solver: SolverConfig = SolverConfig()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from detector.engine import TorchEngine
 from detector.model import OIMNet, TrainingOutput
-from detector.weights import WEIGHTS_FORMAT, save_weights
+from detector.weights import WEIGHTS_FORMAT, read_weights, save_weights
 from training.config import TrainConfig
 from training.data import IterationSampler, SceneDataset, collate_scenes
 from training.datasets.cuhk_sysu import CUHKSYSU
@@ -76,7 +76,10 @@ class Trainer:
         if num_labeled != cfg.loss.num_labeled:
             logger.info("lookup table sized to the dataset: %d labeled identities", num_labeled)
         self.model_cfg = cfg.build_model_config()
-        self.model: OIMNet = OIMNet(self.model_cfg).to(self.device)
+        self.model: OIMNet = OIMNet(self.model_cfg)
+        if cfg.init_weights is not None:
+            self._load_init_weights(Path(cfg.init_weights))
+        self.model.to(self.device)
         loss_kwargs = cfg.loss.model_dump(exclude={"kind"})
         loss_kwargs.update(num_labeled=num_labeled, num_features=self.model_cfg.embedding_dim)
         if cfg.loss.kind == "softmax":
@@ -108,6 +111,16 @@ class Trainer:
         self.train_set = SceneDataset(train_scenes)
         self.hooks: list[Hook] = []
         self.last_row: dict[str, Any] = {}
+
+    def _load_init_weights(self, path: Path) -> None:
+        """Start from a whole trained network (fine-tuning); a resumed checkpoint later overrides it."""
+        blob = read_weights(path)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{path} does not fit {self.model_cfg.name}: {str(exc).splitlines()[0]}") from exc
+        logger.info("initialised the whole network from %s (%s)", path, blob["config"].get("name"))
 
     @property
     def is_main(self) -> bool:
