@@ -268,11 +268,14 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 st = reg.status(h.webhook_id)
                 err = f"  last error: {st.last_error} ({_when(st.last_error_ts)})" if st.last_error else ""
                 print(
-                    f"{h.webhook_id}  {h.url}  delivered {st.delivered}  failed attempts {st.failed_attempts}  "
+                    f"{h.webhook_id}  {h.url}  {'enabled' if h.enabled else 'DISABLED'}  delivered {st.delivered}  failed attempts {st.failed_attempts}  "
                     f"gave up {st.gave_up}{err}"
                 )
             if not hooks:
                 print("no webhooks")
+        elif args.action in ("enable", "disable"):
+            reg.update(args.webhook_id, enabled=args.action == "enable")
+            print(f"webhook {args.webhook_id} {args.action}d")
         else:
             reg.remove(args.webhook_id)
             print(f"webhook {args.webhook_id} removed")
@@ -374,7 +377,7 @@ def add_commands(sub: Any) -> None:
     kr.add_argument("key_id")
     k.set_defaults(func=cmd_apikeys)
 
-    h = sub.add_parser("webhooks", help="add, list and remove alert webhooks (HMAC-SHA256 signed)")
+    h = sub.add_parser("webhooks", help="add, list, enable, disable and remove alert webhooks (HMAC-SHA256 signed)")
     h.add_argument("--config", help="settings YAML")
     hs = h.add_subparsers(dest="action", required=True)
     ha = hs.add_parser("add")
@@ -382,6 +385,8 @@ def add_commands(sub: Any) -> None:
     ha.add_argument("--secret", help="signing secret (default: generated)")
     ha.add_argument("--description")
     hs.add_parser("list")
+    for action, text in (("enable", "deliver again"), ("disable", "deliver nothing until enabled")):
+        hs.add_parser(action, help=text).add_argument("webhook_id")
     hr = hs.add_parser("remove")
     hr.add_argument("webhook_id")
     h.set_defaults(func=cmd_webhooks)

@@ -540,6 +540,13 @@ def test_webhooks_show_their_secret_once(api: Api) -> None:
     assert one["description"] == "SOC" and "secret" not in one
 
     assert c.post("/webhooks", json={"url": "ftp://x.test/"}).status_code == 422
+    paused = c.patch(f"/webhooks/{given['webhook_id']}", json={"enabled": False, "description": "paused"})
+    assert paused.status_code == 200 and paused.json()["enabled"] is False and paused.json()["description"] == "paused"
+    assert "secret" not in paused.json()
+    assert c.patch(f"/webhooks/{given['webhook_id']}", json={"url": "ftp://x.test/"}).status_code == 422
+    assert c.patch(f"/webhooks/{given['webhook_id']}", json={"secret": "x" * 20}).status_code == 422
+    assert c.patch("/webhooks/nope", json={"enabled": True}).status_code == 404
+    assert c.get(f"/webhooks/{given['webhook_id']}").json()["enabled"] is False
     assert c.post("/webhooks", json={"url": "https://x.test/", "secret": "short"}).status_code == 422
     assert c.delete(f"/webhooks/{hook['webhook_id']}").status_code == 204
     assert c.delete(f"/webhooks/{hook['webhook_id']}").status_code == 404

@@ -286,6 +286,32 @@ def test_removing_webhook_drops_its_pending_deliveries(r, keys, service, receive
     assert not r.exists(keys.webhook_status(gone.webhook_id))
 
 
+def test_disabled_webhook_gets_nothing_until_enabled_again(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
+    off = receiver_factory("s" * 16)
+    on = receiver_factory("t" * 16)
+    registry = WebhookRegistry(r, keys)
+    paused = registry.add(off.url, secret="s" * 16)
+    registry.add(on.url, secret="t" * 16)
+    publish(r, keys.alerts, alert("a1"))
+    service.fan_out(block_ms=0)
+    assert r.zcard(keys.deliveries) == 2
+
+    hook = registry.update(paused.webhook_id, enabled=False, description="maintenance")
+    assert not hook.enabled and hook.description == "maintenance" and hook.secret == paused.secret
+    publish(r, keys.alerts, alert("a2"))
+    drive(service, lambda: len(on.ok) == 2 and r.zcard(keys.deliveries) == 0)
+    assert off.requests == []  # the due delivery was dropped, the new alert never scheduled for it
+
+    registry.update(paused.webhook_id, enabled=True)
+    publish(r, keys.alerts, alert("a3"))
+    drive(service, lambda: len(off.ok) == 1 and len(on.ok) == 3)
+    assert json.loads(off.ok[0].body)["alert_id"] == "a3"
+    with pytest.raises(ValueError, match="http"):
+        registry.update(paused.webhook_id, url="ftp://x.test/")
+    with pytest.raises(KeyError):
+        registry.update("nope", enabled=False)
+
+
 def test_every_webhook_receives_every_alert(r, keys, service, receiver_factory) -> None:  # type: ignore[no-untyped-def]
     one, two = receiver_factory("one-secret-one-secret"), receiver_factory("two-secret-two-secret")
     registry = WebhookRegistry(r, keys)

@@ -139,6 +139,32 @@ class WebhookRegistry:
             raise KeyError(webhook_id)
         return Webhook.model_validate_json(raw)
 
+    def update(
+        self, webhook_id: str, *, url: str | None = None, description: str | None = None, enabled: bool | None = None
+    ) -> Webhook:
+        """Change a webhook's url, description or enabled flag (None keeps the value); KeyError when unknown,
+        ValueError on an invalid url. A disabled webhook gets no new deliveries and drops the ones still due."""
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.webhooks)
+                    raw: bytes | None = pipe.hget(self.keys.webhooks, webhook_id)  # type: ignore[assignment]
+                    if raw is None:
+                        raise KeyError(webhook_id)
+                    hook = Webhook.model_validate_json(raw)
+                    changes = {"url": url, "description": description, "enabled": enabled}
+                    hook = Webhook.model_validate(
+                        {**hook.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+                    )
+                    pipe.multi()
+                    pipe.hset(self.keys.webhooks, webhook_id, hook.model_dump_json())
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        logger.info("webhook %s updated: %s, %s", webhook_id, hook.url, "enabled" if hook.enabled else "disabled")
+        return hook
+
     def remove(self, webhook_id: str) -> None:
         """Delete the webhook with its status and every delivery still pending for it; KeyError when unknown."""
         if not self.r.hdel(self.keys.webhooks, webhook_id):

@@ -155,6 +155,16 @@ class WebhookCreate(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
+class WebhookUpdate(BaseModel):
+    """Fields of a webhook to change; the ones left out keep their values (the secret cannot change: re-register)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, description="http:// or https:// URL the alerts are POSTed to")
+    description: str | None = Field(default=None, max_length=500)
+    enabled: bool | None = Field(default=None, description="false: no deliveries until enabled again")
+
+
 class WebhookView(BaseModel):
     """A registered webhook with its delivery status (the secret is only shown when the webhook is created)."""
 
@@ -181,5 +191,6 @@ __all__ = [
     "SearchHitView",
     "SearchResult",
     "WebhookCreate",
+    "WebhookUpdate",
     "WebhookView",
 ]

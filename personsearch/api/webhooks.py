@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Response
 
 from personsearch.api.context import ApiContext, Ctx
 from personsearch.api.errors import error_responses
-from personsearch.api.models import WebhookCreate, WebhookView
+from personsearch.api.models import WebhookCreate, WebhookUpdate, WebhookView
 from watchlist.delivery import Webhook
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -56,6 +56,21 @@ def get_webhook(ctx: Ctx, webhook_id: str) -> WebhookView:
         return _view(ctx, ctx.webhooks.get(webhook_id))
     except KeyError:
         raise _not_found(webhook_id) from None
+
+
+@router.patch(
+    "/{webhook_id}", summary="Change a webhook's url or description, or disable and enable it",
+    response_model=WebhookView, responses=error_responses(404, 422),
+)  # fmt: skip
+def update_webhook(ctx: Ctx, webhook_id: str, update: WebhookUpdate) -> WebhookView:
+    """A disabled webhook is sent nothing, and deliveries still due to it are dropped, until it is enabled."""
+    try:
+        hook = ctx.webhooks.update(webhook_id, **update.model_dump())
+        return _view(ctx, hook)
+    except KeyError:
+        raise _not_found(webhook_id) from None
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 @router.delete(
