@@ -267,9 +267,10 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
             for h in hooks:
                 st = reg.status(h.webhook_id)
                 err = f"  last error: {st.last_error} ({_when(st.last_error_ts)})" if st.last_error else ""
+                state = "enabled" if h.enabled else "DISABLED"
                 print(
-                    f"{h.webhook_id}  {h.url}  {'enabled' if h.enabled else 'DISABLED'}  delivered {st.delivered}  failed attempts {st.failed_attempts}  "
-                    f"gave up {st.gave_up}{err}"
+                    f"{h.webhook_id}  {h.url}  {state}  delivered {st.delivered}  "
+                    f"failed attempts {st.failed_attempts}  gave up {st.gave_up}{err}"
                 )
             if not hooks:
                 print("no webhooks")
