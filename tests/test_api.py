@@ -569,9 +569,17 @@ def test_ready_says_which_check_fails_until_everything_is_up(make_api, network, 
 
     TrackletIndex(index_dir, 256, network.model_name).save(position="0-0")
     api.r.hset(api.keys.workers, "indexer:host:1", repr(time.time()))
+    partial = api.client.get("/ready")
+    assert partial.status_code == 503
+    detail = partial.json()["checks"]["workers"]["detail"]
+    assert "no live ingest, detector, tracker, matcher, delivery workers" in detail and "indexer:host:1" in detail
+    for role in ("ingest", "detector", "tracker", "matcher", "delivery"):
+        api.r.hset(api.keys.workers, f"{role}:other-host:7", repr(time.time()))
     ready = api.client.get("/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json()["ready"] is True and "indexer:host:1" in ready.json()["checks"]["workers"]["detail"]
+    api.r.hset(api.keys.workers, "matcher:other-host:7", repr(time.time() - 60))  # its heartbeat went stale
+    assert "no live matcher worker;" in api.client.get("/ready").json()["checks"]["workers"]["detail"]
 
     api.client.get("/cameras")
     metrics = api.client.get("/metrics")

@@ -46,6 +46,11 @@ def _check_index(ctx: ApiContext) -> Check:
     return Check(ok=True, detail=f"{len(index)} tracklets")
 
 
+# Every role an alert passes through; readiness needs at least one live worker of each (anywhere: they register
+# their heartbeat in Redis, so workers on other machines count).
+PIPELINE_ROLES = ("ingest", "detector", "tracker", "indexer", "matcher", "delivery")
+
+
 def _check_workers(ctx: ApiContext) -> Check:
     from personsearch.runtime import live_workers
 
@@ -53,15 +58,16 @@ def _check_workers(ctx: ApiContext) -> Check:
         names = sorted(live_workers(ctx.r, ctx.keys))
     except Exception as e:
         return Check(ok=False, detail=f"{type(e).__name__}: {e}")
-    pipeline = [n for n in names if not n.startswith("api:")]
-    if not pipeline:
-        return Check(ok=False, detail="no pipeline worker is registered (is `personsearch up` running?)")
+    missing = [role for role in PIPELINE_ROLES if not any(n.split(":", 1)[0] == role for n in names)]
+    if missing:
+        up = f"; up: {', '.join(names)}" if names else " (is `personsearch up` running?)"
+        return Check(ok=False, detail=f"no live {', '.join(missing)} worker{'s' if len(missing) > 1 else ''}{up}")
     return Check(ok=True, detail=", ".join(names))
 
 
 @router.get(
     "/ready",
-    summary="Readiness: Redis answers, the engine is loaded, the index has a snapshot, workers are up",
+    summary="Readiness: Redis, the engine, an index snapshot and a live worker of every pipeline role",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready: the checks say which failed"}},
 )
