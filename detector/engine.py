@@ -102,6 +102,18 @@ class TorchEngine(Engine):
         return self.model.embed_boxes([self._tensor(image)], [b])[0].float().cpu().numpy()
 
 
+def _warn_on_shadowed_gpu_build(available: Sequence[str]) -> None:
+    """onnxruntime and onnxruntime-gpu install the same ``onnxruntime`` package; with both, the CPU one may win."""
+    from importlib import metadata
+
+    installed = {str(d.metadata["Name"]).lower() for d in metadata.distributions()}
+    if {"onnxruntime", "onnxruntime-gpu"} <= installed and "CUDAExecutionProvider" not in available:
+        logger.warning(
+            "onnxruntime-gpu is installed but the CPU build of onnxruntime shadows it (no CUDA provider); fix: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+        )
+
+
 class OnnxRuntimeEngine(Engine):
     """The exported graphs under ONNX Runtime, on the best execution provider installed."""
 
@@ -115,6 +127,7 @@ class OnnxRuntimeEngine(Engine):
             if not (model_dir / graph).is_file():
                 raise FileNotFoundError(f"{model_dir / graph} missing: run `personsearch export` first")
         available = ort.get_available_providers()
+        _warn_on_shadowed_gpu_build(available)
         chosen = [p for p in (providers or ORT_PROVIDER_PREFERENCE) if p in available] or ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

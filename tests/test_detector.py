@@ -139,3 +139,25 @@ def test_onnx_engine_names_the_missing_export(tmp_path: Path) -> None:
         OnnxRuntimeEngine(tmp_path)
     with pytest.raises(ValueError, match="unknown engine"):
         load_engine("tensorflow")
+
+
+def test_a_cpu_onnxruntime_shadowing_the_gpu_build_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from importlib import metadata
+
+    from detector import engine as engine_module
+
+    class Dist:
+        def __init__(self, name: str) -> None:
+            self.metadata = {"Name": name}
+
+    monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime"), Dist("onnxruntime-gpu")])
+    with caplog.at_level("WARNING", logger="detector.engine"):
+        engine_module._warn_on_shadowed_gpu_build(["CPUExecutionProvider"])
+        assert "shadows it" in caplog.text
+        caplog.clear()
+        engine_module._warn_on_shadowed_gpu_build(["CUDAExecutionProvider", "CPUExecutionProvider"])
+        monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime")])
+        engine_module._warn_on_shadowed_gpu_build(["CPUExecutionProvider"])
+    assert caplog.text == ""
