@@ -10,12 +10,13 @@ hits all three alike):
 1. Detector-only: ``engine.detect`` on frames decoded from the camera videos (resized and JPEG round-tripped as ingest
    does), in batches of ``--max-batch`` as the service forms them, for ``--seconds``.
 2. Saturated end to end: a private redis-server and every worker of ``personsearch up`` (ingest, detector, tracker,
-   indexer) as threads of this process, as in tests/test_pipeline_e2e.py. N looping file cameras together offer
-   ``--saturate`` (1.25) times the detector-only rate, so the detector is the bottleneck and frames queue in their
-   streams (bounded to hold every frame of the run: nothing is dropped, and drops are counted anyway). After a
-   warm-up, throughput is detection messages published per second in a ``--seconds`` window, timed from the first
-   to the last batch published in it (whole batches, so a window of few batches is not off by one);
-   overhead is ``1 - end_to_end / detector_only``. The goal is an overhead under 10 %.
+   indexer): by default ingest, tracker and indexer as processes of their own as `personsearch up` runs them, the
+   detector (with the engine) in this process; ``--workers threads`` makes them all threads of this process. N
+   looping file cameras together offer ``--saturate`` (1.25) times the detector-only rate, so the detector is the
+   bottleneck and frames queue in their streams (bounded to hold every frame of the run: nothing is dropped, and
+   drops are counted anyway). After a warm-up, throughput is detection messages published per second in a
+   ``--seconds`` window, timed from the first to the last batch published in it (whole batches, so a window of few
+   batches is not off by one); overhead is ``1 - end_to_end / detector_only``. The goal is an overhead under 10 %.
 3. Partial load: the same pipeline with the cameras offering ``--load`` (0.5) times the detector-only rate, so no
    queue builds up, for the latency a deployment sized with headroom sees.
 
@@ -29,8 +30,7 @@ size a deployment with.
 Speed depends on the architecture, not on the weights' values (see bench_detector.py), so without the bundled demo
 weights a seeded random network of ``oim-r18-demo`` stands in. Its scores mean nothing, so its ``det_thresh`` is
 calibrated on the benchmark frames to publish ``--persons-per-frame`` (5) detections per frame on average, about the
-number of people in view, which keeps the crop, tracker and index work realistic. Workers are threads (one process,
-one GIL), not the processes of ``personsearch up``, so the overhead measured is if anything an upper bound.
+number of people in view, which keeps the crop, tracker and index work realistic.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -50,7 +51,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -233,17 +234,29 @@ class TimedDetector(DetectorService):
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
-class TimedIndexer(IndexerService):
-    """The indexer, noting when it applied each tracklet event and the capture time of the event's last frame."""
+APPLIED = "bench:applied"  # Redis list of "applied_at|event|end_ts", one per tracklet event the indexer applied
 
-    def __init__(self, r: redis.Redis, keys: Keys, options: IndexerOptions, model: str) -> None:
-        super().__init__(r, keys, options, model=model)
-        self.applied: list[tuple[float, str, float]] = []  # (applied at, event kind, end_ts), Unix seconds
+
+class TimedIndexer(IndexerService):
+    """The indexer, noting in Redis when it applied each tracklet event and the capture time of its last frame.
+
+    In Redis rather than in memory so that it works alike when the indexer is a thread and a process.
+    """
 
     def apply(self, event: TrackletEvent) -> None:
-        """Apply the event, then note the time (the list append is atomic under the GIL)."""
+        """Apply the event, then note the time."""
         super().apply(event)
-        self.applied.append((time.time(), event.event, event.end_ts))
+        self.r.rpush(APPLIED, f"{time.time()!r}|{event.event}|{event.end_ts!r}")
+
+
+def applied_events(r: redis.Redis) -> list[tuple[float, str, float]]:
+    """(applied at, event kind, end_ts) of every event the indexer applied, Unix seconds."""
+    out = []
+    rows: list[bytes] = r.lrange(APPLIED, 0, -1)  # type: ignore[assignment]
+    for raw in rows:
+        applied, kind, end = raw.decode().split("|")
+        out.append((float(applied), kind, float(end)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -275,15 +288,46 @@ class RunResult:
         return float(np.percentile(self.latencies, q)) if self.latencies else None
 
 
-class Pipeline:
-    """Every worker of `personsearch up` as threads of this process on its own private redis-server."""
+WorkerMode = Literal["processes", "threads"]
 
-    def __init__(self, engine: Engine, spec: RunSpec, work_dir: Path) -> None:
-        self.engine, self.spec, self.work_dir = engine, spec, work_dir
+
+def side_worker(name: str, redis_url: str, prefix: str, spec: RunSpec, index_dir: Path, model: str, stop: Any) -> None:
+    """Entry point of the ingest, tracker or indexer process (``--workers processes``)."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s %(levelname)s {name}: %(message)s")
+    r = redis.Redis.from_url(redis_url)
+    worker = build_side_worker(name, r, Keys(prefix), spec, index_dir, model)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole group: the parent sets ``stop``
+        worker.run(stop)
+
+
+def build_side_worker(name: str, r: redis.Redis, keys: Keys, spec: RunSpec, index_dir: Path, model: str) -> Any:
+    """The ingest, tracker or indexer service of one run."""
+    if name == "ingest":
+        return IngestService(r, keys, IngestOptions(frame_stream_maxlen=spec.frame_stream_maxlen), 0.2)
+    if name == "tracker":
+        return TrackerService(r, keys, spec.tracker, consumer_name="bench-tracker")
+    return TimedIndexer(r, keys, IndexerOptions(directory=index_dir, dim=spec.embedding_dim), model=model)
+
+
+class Pipeline:
+    """Every worker of `personsearch up` on its own private redis-server.
+
+    ``processes`` (the default, as `personsearch up` runs them): ingest, tracker and indexer are processes of their
+    own and the detector (with the engine) runs in this one. ``threads``: all four are threads of this process,
+    sharing one GIL with the engine's caller.
+    """
+
+    SIDE_WORKERS = ("ingest", "tracker", "indexer")
+
+    def __init__(self, engine: Engine, spec: RunSpec, work_dir: Path, mode: WorkerMode = "processes") -> None:
+        self.engine, self.spec, self.work_dir, self.mode = engine, spec, work_dir, mode
         self.keys = Keys("bench")
         self.stop = threading.Event()
+        self.mp = multiprocessing.get_context("spawn")  # no fork of a process holding engine threads
+        self.stop_processes = self.mp.Event()
         self.server = PrivateRedis()
         self.threads: list[threading.Thread] = []
+        self.processes: list[Any] = []
         self.r: redis.Redis | None = None
         self.cameras = [f"cam{i}" for i in range(len(spec.videos))]
 
@@ -302,29 +346,43 @@ class Pipeline:
         for camera, video in zip(self.cameras, self.spec.videos):
             cfg = CameraConfig(id=camera, url=f"file://{video}", fps=self.spec.camera_fps, max_size=MAX_SIZE, loop=True)
             registry.add(cfg)
-        self.ingest = IngestService(r, self.keys, IngestOptions(frame_stream_maxlen=self.spec.frame_stream_maxlen), 0.2)
         self.detector = TimedDetector(r, self.keys, self.engine, self.spec.detector)
-        self.tracker = TrackerService(r, self.keys, self.spec.tracker, consumer_name="bench-tracker")
-        index = IndexerOptions(directory=self.work_dir / "index", dim=self.spec.embedding_dim)
-        self.indexer = TimedIndexer(r, self.keys, index, self.engine.model_name)
-        for name, worker in (
-            ("ingest", self.ingest),
-            ("detector", self.detector),
-            ("tracker", self.tracker),
-            ("indexer", self.indexer),
-        ):
+        workers: list[tuple[str, Any]] = [("detector", self.detector)]
+        index_dir = self.work_dir / "index"
+        for name in self.SIDE_WORKERS:
+            if self.mode == "threads":
+                workers.append(
+                    (name, build_side_worker(name, r, self.keys, self.spec, index_dir, self.engine.model_name))
+                )
+                continue
+            args = (name, self.server.url, self.keys.prefix, self.spec, index_dir, self.engine.model_name)
+            proc = self.mp.Process(target=side_worker, args=(*args, self.stop_processes), name=f"bench-{name}")
+            proc.start()
+            self.processes.append(proc)
+        for name, worker in workers:
             thread = threading.Thread(target=worker.run, args=(self.stop,), name=f"bench-{name}", daemon=True)
             self.threads.append(thread)
             thread.start()
 
+    def alive(self) -> bool:
+        """Every worker thread and process is still running."""
+        return all(t.is_alive() for t in self.threads) and all(p.is_alive() for p in self.processes)
+
     def close(self) -> None:
-        """Stop every worker thread, then the redis-server."""
+        """Stop every worker thread and process, then the redis-server."""
         self.stop.set()
+        self.stop_processes.set()
         try:
             for thread in self.threads:
                 thread.join(60)
                 if thread.is_alive():
                     logger.warning("%s did not stop within 60 s", thread.name)
+            for proc in self.processes:
+                proc.join(60)
+                if proc.is_alive():
+                    logger.warning("%s did not stop within 60 s: killing it", proc.name)
+                    proc.kill()
+                    proc.join(5)
         finally:  # even when a second Ctrl-C cuts the joins short, the server goes
             if self.r is not None:
                 self.r.close()
@@ -361,7 +419,7 @@ def measure(p: Pipeline, warmup_s: float, seconds: float, batch: int) -> RunResu
     while p.detections() == 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no detection published within {FIRST_DETECTION_TIMEOUT_S:.0f} s")
-        if not all(t.is_alive() for t in p.threads):
+        if not p.alive():
             raise RuntimeError("a pipeline worker died before the first detection")
         time.sleep(0.1)
     time.sleep(warmup_s)
@@ -371,7 +429,8 @@ def measure(p: Pipeline, warmup_s: float, seconds: float, batch: int) -> RunResu
     t1, d1 = time.time(), p.detections()
     published, dropped = p.counters()
     backlog1 = published - d1
-    window = [(kind, applied - captured) for applied, kind, captured in list(p.indexer.applied) if t0 <= applied < t1]
+    assert p.r is not None
+    window = [(kind, applied - captured) for applied, kind, captured in applied_events(p.r) if t0 <= applied < t1]
     events: dict[str, int] = {}
     for kind, _ in window:
         events[kind] = events.get(kind, 0) + 1
@@ -386,13 +445,15 @@ def measure(p: Pipeline, warmup_s: float, seconds: float, batch: int) -> RunResu
     )
 
 
-def run_pipeline(engine: Engine, spec: RunSpec, warmup_s: float, seconds: float, label: str) -> RunResult:
+def run_pipeline(
+    engine: Engine, spec: RunSpec, warmup_s: float, seconds: float, label: str, mode: WorkerMode = "processes"
+) -> RunResult:
     """One end-to-end run on a fresh redis-server; every thread and the server are stopped on return or Ctrl-C."""
     logger.info(
         "%s: %d camera(s) at %.2f frames/s each, warm-up %.0f s, timed %.0f s",
         label, len(spec.videos), spec.camera_fps, warmup_s, seconds,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-run-") as tmp, Pipeline(engine, spec, Path(tmp)) as p:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-run-") as tmp, Pipeline(engine, spec, Path(tmp), mode) as p:
         result = measure(p, warmup_s, seconds, spec.detector.max_batch)
         logger.info("%s: stopping the pipeline", label)
     lat = (
@@ -455,6 +516,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--videos", help="folder of .mp4 camera videos to loop instead of rendering them")
     p.add_argument("--video-fps", type=int, help="rendered video rate (default 15 on CPU, 60 on a GPU)")
     p.add_argument("--video-seconds", type=float, default=12.0, help="rendered video length (the cameras loop)")
+    p.add_argument(
+        "--workers", choices=("processes", "threads"), default="processes",
+        help="ingest, tracker and indexer as processes (as `personsearch up` runs them) or threads of this one",
+    )  # fmt: skip
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
     if min(args.cameras) < 1 or args.max_batch < 1 or args.seconds <= 0 or not 0 < args.load < 1 < args.saturate:
@@ -492,7 +557,7 @@ def camera_count_row(args: argparse.Namespace, w: Workload, n: int, notes: list[
         (f"{args.load:.0%} load", camera_rate(args.load * det_fps, n, w.video_fps)),
     ):
         spec = run_spec(args, w.videos[:n], fps, w.det_thresh, w.embedding_dim)
-        results.append(run_pipeline(w.engine, spec, args.warmup, args.seconds, label))
+        results.append(run_pipeline(w.engine, spec, args.warmup, args.seconds, label, args.workers))
     sat, part = results
     return [
         n,
@@ -506,13 +571,20 @@ def camera_count_row(args: argparse.Namespace, w: Workload, n: int, notes: list[
     ]
 
 
+WORKER_TEXT = {
+    "processes": "ingest, tracker and indexer as processes of their own (as `personsearch up` runs them), the "
+    "detector with the engine in the benchmark's process",
+    "threads": "ingest, detector, tracker and indexer as threads of one process",
+}
+
+
 def record_body(args: argparse.Namespace, model: Model, w: Workload, how: str, table: str, notes: list[str]) -> str:
     """The text of the pipeline section of docs/benchmarks.md: setup, definitions, goal, table."""
     videos = f"{'rendered synthetic ' if not args.videos else ''}640x480 videos at {w.video_fps:g} fps"
     return (
         f"Model: {model.description}; engine: {engine_details(w.engine)}; det_thresh {w.det_thresh:.4f} ({how}); "
         f"detector max_batch {args.max_batch}. Machine: {os.cpu_count()} logical CPUs. Cameras: looping {videos}. "
-        "Workers: ingest, detector, tracker and indexer as threads of one process on a private redis-server.\n\n"
+        f"Workers: {WORKER_TEXT[args.workers]}, on a private redis-server.\n\n"
         f"Detector-only is `engine.detect` on frames decoded from the same videos, in batches of {args.max_batch}, "
         "measured just before each end-to-end run. End-to-end frames/s is detection messages published per second "
         f"(first to last batch of the timed window) while the cameras offer {args.saturate} x the detector-only "
