@@ -1,6 +1,6 @@
 """Tracklet index: search latency (batch of 1), recall@10 against exact search, upsert rate, save and load time.
 
-Run: python bench/bench_index.py [--vectors 1000000] [--queries 200] [--nlist N] [--nprobe P] [--threads T]
+Run: python bench/bench_index.py [--vectors 1000000] [--queries 200] [--nlist N] [--nprobe P ...] [--threads T]
                                  [--no-record]
 
 Everything goes through ``TrackletIndex``, once per index kind, so latencies include its metadata filters. The data
@@ -13,6 +13,7 @@ tracklets) is the reference for recall.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -138,7 +139,10 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--kinds", nargs="+", default=["flat", "ivf"], choices=["flat", "ivf"])
     p.add_argument("--nlist", type=int, help="IVF lists (default: IvfOptions', fewer if N is too small to train them)")
-    p.add_argument("--nprobe", type=int, default=IvfOptions().nprobe)
+    p.add_argument(
+        "--nprobe", type=int, nargs="+", default=[IvfOptions().nprobe],
+        help="IVF lists probed per query; several values sweep recall against latency on one built index",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (default: faiss's, one per core)")
     p.add_argument("--seed", type=int, default=0)
@@ -150,7 +154,8 @@ def main() -> int:
     nlist = args.nlist or IvfOptions().nlist
     while args.nlist is None and 64 * nlist > args.vectors // 2 and nlist > 16:
         nlist //= 2  # train on at most half the tracklets, so the benchmark measures a trained IVF
-    ivf = IvfOptions(nlist=nlist, nprobe=min(args.nprobe, nlist), train_size=64 * nlist)
+    probes = sorted({min(n, nlist) for n in args.nprobe})
+    ivf = IvfOptions(nlist=nlist, nprobe=probes[0], train_size=64 * nlist)
 
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((max(1, args.vectors // PER_IDENTITY), args.dim)).astype(np.float32)
@@ -179,13 +184,18 @@ def main() -> int:
             started = time.perf_counter()
             index = TrackletIndex(Path(tmp), dim=args.dim, model="bench", kind=kind, device=args.device, ivf=ivf)
             load_s = time.perf_counter() - started
-            structure = "IDMap2,Flat" if kind == "flat" else f"IVF{ivf.nlist},Flat nprobe={ivf.nprobe}"
+            structure = "IDMap2,Flat" if kind == "flat" else f"IVF{ivf.nlist},Flat"
             build_rows.append([kind, structure, f"{rate:,.0f}", f"{save_s:.2f}", f"{load_s:.2f}", f"{size:,.0f}"])
             print(build_rows[-1], flush=True)
-            for flt, mask, expected in zip(FILTERS, masks, truth):
-                p50, p95, recall = measure(index, queries, flt, expected)
-                search_rows.append([kind, flt.name, f"{mask.mean():.2%}", f"{p50:.2f}", f"{p95:.2f}", f"{recall:.3f}"])
-                print(search_rows[-1], flush=True)
+            for nprobe in [None] if kind == "flat" else probes:
+                label = kind if nprobe is None else f"{kind} nprobe={nprobe}"
+                if nprobe is not None:
+                    index.ivf = dataclasses.replace(ivf, nprobe=nprobe)
+                for flt, mask, expected in zip(FILTERS, masks, truth):
+                    p50, p95, recall = measure(index, queries, flt, expected)
+                    row = [label, flt.name, f"{mask.mean():.2%}", f"{p50:.2f}", f"{p95:.2f}", f"{recall:.3f}"]
+                    search_rows.append(row)
+                    print(row, flush=True)
             del index
 
     build_table = markdown_table(
