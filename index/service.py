@@ -77,22 +77,16 @@ class TrackerService:
 
     def step(self, block_ms: int = 500) -> int:
         """Handle one read of detection messages; returns how many were handled."""
-        entries = self.consumer.read(count=64, block_ms=block_ms)
-        for entry in entries:
-            if entry.fields is not None:
-                try:
-                    msg = decode(DetectionMessage, entry.fields)
-                except SchemaError as e:
-                    logger.warning("skipping unreadable detection message %s: %s", entry.id, e)
-                else:
-                    linker = self.linkers.get(msg.camera)
-                    if linker is None:
-                        linker = self.linkers[msg.camera] = TrackletLinker(msg.camera, self.opt, msg.model)
-                    self._emit(linker.update(msg))
-                    self._heard[msg.camera] = time.monotonic()
-            self.consumer.ack(entry.stream, [entry.id])
+        read = self.consumer.consume(DetectionMessage, self._link, block_ms=block_ms)
         self.expire(time.monotonic())
-        return len(entries)
+        return read
+
+    def _link(self, msg: DetectionMessage) -> None:
+        linker = self.linkers.get(msg.camera)
+        if linker is None:
+            linker = self.linkers[msg.camera] = TrackletLinker(msg.camera, self.opt, msg.model)
+        self._emit(linker.update(msg))
+        self._heard[msg.camera] = time.monotonic()
 
     def expire(self, now: float, every_s: float = 0.5) -> None:
         """Close the tracklets of cameras that sent nothing for ``max_gap_s`` (``now``: time.monotonic()).

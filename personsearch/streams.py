@@ -22,7 +22,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -611,6 +611,28 @@ class StreamConsumer:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 out.append(Entry(name, eid, fields or None))
         return out
+
+    def consume(self, schema: type[M], handle: Callable[[M], None], count: int = 64, block_ms: int = 500) -> int:
+        """Read up to ``count`` entries; decode each as ``schema``, pass it to ``handle``, then ack it. Returns how
+        many entries were read.
+
+        An unreadable entry (or one trimmed before it was read) is logged and acked without ``handle``: it would fail
+        the same way on every consumer that reclaims it. An exception from ``handle`` propagates and leaves that entry
+        and the rest of the read pending, so they are handled again (by this consumer or another) later.
+        """
+        entries = self.read(count=count, block_ms=block_ms)
+        for entry in entries:
+            if entry.fields is None:
+                logger.warning("%s: entry %s was trimmed before it was read; skipped", entry.stream, entry.id)
+            else:
+                try:
+                    msg = decode(schema, entry.fields)
+                except SchemaError as e:
+                    logger.warning("%s: skipping unreadable entry %s: %s", entry.stream, entry.id, e)
+                else:
+                    handle(msg)
+            self.ack(entry.stream, [entry.id])
+        return len(entries)
 
     def ack(self, stream: str, ids: Sequence[str]) -> None:
         """Acknowledge entries that need no published result (e.g. an unreadable entry, counted by the caller)."""

@@ -135,3 +135,25 @@ def test_publish_and_ack_publishes_once_per_key_even_when_the_input_is_handled_t
     assert (first, second) == (True, False)
     assert r.xlen(keys.detections) == 1
     assert r.xpending(stream, Groups.DETECTOR)["pending"] == 0
+
+
+def test_consume_skips_unreadable_entries_and_leaves_a_failed_one_pending(r: redis.Redis, keys: Keys) -> None:
+    stream = keys.frames("cam1")
+    consumer = StreamConsumer(r, Groups.DETECTOR, [stream], "c1", claim_idle_ms=60_000)
+    consumer.ensure_groups()
+    r.xadd(stream, frame(0).to_fields())
+    r.xadd(stream, {b"v": b"999", b"garbage": b"x"})  # another version's message: cannot be decoded
+    r.xadd(stream, frame(2).to_fields())
+    seen: list[int] = []
+    assert consumer.consume(FrameMessage, lambda m: seen.append(m.seq), block_ms=10) == 3
+    assert seen == [0, 2]
+    assert r.xpending(stream, Groups.DETECTOR)["pending"] == 0  # the unreadable one is acked too
+
+    r.xadd(stream, frame(3).to_fields())
+
+    def fail(m: FrameMessage) -> None:
+        raise redis.ConnectionError("gone")
+
+    with pytest.raises(redis.ConnectionError):
+        consumer.consume(FrameMessage, fail, block_ms=10)
+    assert r.xpending(stream, Groups.DETECTOR)["pending"] == 1  # handled again later, not lost

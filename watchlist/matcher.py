@@ -31,9 +31,7 @@ from personsearch.streams import (
     DetectionMessage,
     Groups,
     Keys,
-    SchemaError,
     StreamConsumer,
-    decode,
     default_consumer_name,
 )
 from watchlist.alerts import AlertLog, raise_alert
@@ -239,27 +237,21 @@ class MatcherService:
     def step(self, block_ms: int = 500) -> int:
         """Handle one read of detection messages; returns how many were handled."""
         self.reload()
-        entries = self.consumer.read(count=64, block_ms=block_ms)
-        for entry in entries:
-            if entry.fields is not None:
-                try:
-                    msg = decode(DetectionMessage, entry.fields)
-                except SchemaError as e:
-                    logger.warning("skipping unreadable detection message %s: %s", entry.id, e)
-                else:
-                    try:
-                        for alert in self.handle(msg):
-                            self.publish(alert)
-                    except redis.ConnectionError:
-                        raise  # not acked: handled again (by this worker or another) once Redis is back
-                    except Exception:
-                        # A message this code cannot handle would crash every matcher that reclaims it: skip it, loudly.
-                        FAILED.inc()
-                        logger.exception("matcher: detection message %s of %s failed; skipped", entry.id, msg.camera)
-                    MATCHER_LAG.set(max(0.0, time.time() - msg.capture_ts))
-            self.consumer.ack(entry.stream, [entry.id])
+        read = self.consumer.consume(DetectionMessage, self._match, block_ms=block_ms)
         self._expire()
-        return len(entries)
+        return read
+
+    def _match(self, msg: DetectionMessage) -> None:
+        try:
+            for alert in self.handle(msg):
+                self.publish(alert)
+        except redis.ConnectionError:
+            raise  # not acked: handled again (by this worker or another) once Redis is back
+        except Exception:
+            # A message this code cannot handle would crash every matcher that reclaims it: skip it, loudly.
+            FAILED.inc()
+            logger.exception("matcher: detection message seq %d of %s failed; skipped", msg.seq, msg.camera)
+        MATCHER_LAG.set(max(0.0, time.time() - msg.capture_ts))
 
     def _expire(self) -> None:
         """Forget the tracklets of cameras quiet for longer than the linker's gap; trim the audit log hourly."""
