@@ -1,0 +1,156 @@
+"""What the model sees on the demo's cameras: detection recall, false detections, and how far the watched person's
+boxes stand from look-alikes and strangers in cosine to the watchlist photo.
+
+Run: python bench/bench_demo_model.py [--weights W] [--cameras 2] [--seconds 40] [--fps 5] [--no-record]
+
+The cameras are those of `personsearch demo` (same seed, size and renderer; rendered into ``--out`` once). The frames
+the demo samples (``--fps`` of the 10 fps videos) go through ``engine.detect`` at the detector service's threshold.
+A ground-truth person counts for recall when the demo would count it (at least 60% visible, box at least 48 px
+tall); a detection matches the best ground-truth box it overlaps with IoU >= 0.5 (any person, any visibility);
+detections matching nobody are false. Each matched detection's embedding is compared with the watchlist photo's
+(the photo the demo enrols, embedded with its box), grouped by who is under the box: the watched identity, its
+look-alikes (one attribute changed), everyone else. The fraction of each group's boxes at or above the calibrated
+threshold says what the matcher sees frame by frame; the demo's alerts also need a consensus over a tracklet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import markdown_table, record
+
+from detector.engine import load_engine
+from detector.service import DetectorOptions
+from detector.weights import DEMO_WEIGHTS, read_weights
+from personsearch.demo import MIN_HEIGHT_PX, MIN_VISIBLE, DemoOptions
+from training.synth.video import CameraVideoConfig, load_ground_truth, render_camera_set
+from watchlist.store import decode_photo
+
+logger = logging.getLogger("bench_demo_model")
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def camera_dir(args: argparse.Namespace) -> Path:
+    """The demo's camera set (rendered once, as `personsearch demo` names and renders it)."""
+    opt = DemoOptions(out=Path(args.out), seed=args.seed, cameras=args.cameras, seconds=args.seconds)
+    cams = opt.out / f"cameras-s{opt.seed}-c{opt.cameras}-{opt.seconds:g}s-{opt.width}x{opt.height}"
+    if not (cams / "cameras.json").is_file():
+        config = CameraVideoConfig(width=opt.width, height=opt.height, fps=10, seconds=opt.seconds)
+        render_camera_set(cams, opt.seed, cameras=opt.cameras, watch_identities=2, config=config, progress=True)
+    return cams
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", help="weights file (default: the bundled demo model)")
+    p.add_argument("--out", default="data/demo", help="where the demo's cameras are (rendered when missing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cameras", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=40.0)
+    p.add_argument("--fps", type=float, default=5.0, help="frames per second sampled, as the demo's cameras")
+    p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
+    p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    cams = camera_dir(args)
+    meta = json.loads((cams / "cameras.json").read_text())
+    watched = meta["identities"][0]
+    weights = Path(args.weights) if args.weights else DEMO_WEIGHTS
+    engine = load_engine("torch", weights)
+    threshold = args.threshold if args.threshold is not None else read_weights(weights)["meta"].get("match_threshold")
+    det_thresh = DetectorOptions().det_thresh
+    image, _ = decode_photo((cams / "photos" / f"{watched['name']}.jpg").read_bytes())
+    box = watched.get("photo_box") or (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+    query = engine.embed(image, np.array([box], np.float32))[0]
+
+    found = wanted = false = 0
+    cos: dict[str, list[float]] = {"watched": [], "look-alikes": [], "others": []}
+    started, frames_seen = time.perf_counter(), 0
+    for cam in meta["cameras"]:
+        truth = load_ground_truth(cams / Path(cam["ground_truth"]).name)
+        lookalike = {t.track for t in truth.tracks if t.lookalike_of == watched["name"]}
+        step = max(1, round(truth.fps / args.fps))
+        with av.open(str(cams / Path(cam["video"]).name)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index % step:
+                    continue
+                people = truth.frames[index].people
+                det = engine.detect([frame.to_ndarray(format="rgb24")])[0]
+                keep = det.scores >= det_thresh
+                boxes, embeddings = det.boxes[keep], det.embeddings[keep]
+                gt = np.array([q.box for q in people], np.float32).reshape(-1, 4)
+                ious = iou_matrix(gt, boxes)
+                countable = [
+                    i for i, q in enumerate(people) if q.visible >= MIN_VISIBLE and q.box[3] - q.box[1] >= MIN_HEIGHT_PX
+                ]
+                wanted += len(countable)
+                found += sum(1 for i in countable if len(boxes) and ious[i].max() >= 0.5)
+                for j in range(len(boxes)):
+                    if len(gt) == 0 or ious[:, j].max() < 0.5:
+                        false += 1
+                        continue
+                    q = people[int(ious[:, j].argmax())]
+                    group = (
+                        "watched"
+                        if q.identity == watched["name"]
+                        else "look-alikes"
+                        if q.track in lookalike
+                        else "others"
+                    )
+                    cos[group].append(float(embeddings[j] @ query))
+                frames_seen += 1
+        logger.info("%s: %d frames so far", cam["camera"], frames_seen)
+    seconds = time.perf_counter() - started
+
+    rows = []
+    for group, values in cos.items():
+        v = np.array(values)
+        above = f"{(v >= threshold).mean():.3f}" if threshold is not None and len(v) else "n/a"
+        stats = (
+            [f"{v.mean():.3f}", f"{np.percentile(v, 10):.3f}", f"{np.percentile(v, 90):.3f}", f"{v.max():.3f}"]
+            if len(v)
+            else ["n/a"] * 4
+        )
+        rows.append([group, len(v), *stats, above])
+    table = markdown_table(
+        ["boxes under", "detections", "mean cosine", "p10", "p90", "max", f"share >= threshold {threshold}"], rows
+    )
+    recall = found / max(1, wanted)
+    summary = (
+        f"Model: {engine.model_name} ({args.weights or 'the bundled demo model'}); the demo's {args.cameras} cameras "
+        f"(seed {args.seed}, {args.seconds:g} s, {frames_seen} frames at {args.fps:g} frames/s, {seconds:.0f} s); "
+        f"detection threshold {det_thresh}. Detection recall {recall:.3f} ({found} of {wanted} people at least "
+        f"{MIN_VISIBLE:.0%} visible and {MIN_HEIGHT_PX} px tall), {false} false detections. Cosine of matched "
+        f"detections to the watchlist photo of {watched['name']}:"
+    )
+    print(summary, table, sep="\n\n")
+    if not args.no_record:
+        record("demo-model", "Demo cameras: what the model sees", f"{summary}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
