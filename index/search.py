@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from detector.engine import Engine
-from index.store import MANIFEST, SearchHit, SnapshotError, TrackletIndex, TrackletRecord
+from index.store import MANIFEST, IvfOptions, SearchHit, SnapshotError, TrackletIndex, TrackletRecord
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,11 @@ class IndexReader:
     Results are as fresh as the indexer's last snapshot (``index.save_period_s``, 10 s by default).
     """
 
-    def __init__(self, directory: Path, dim: int = 256, model: str = "", check_period_s: float = 1.0) -> None:
+    def __init__(
+        self, directory: Path, dim: int = 256, model: str = "", check_period_s: float = 1.0, nprobe: int | None = None
+    ) -> None:
         self.directory, self.dim, self.model, self.check_period_s = Path(directory), dim, model, check_period_s
+        self.nprobe = nprobe  # IVF lists read per search (None: IvfOptions' default)
         self._index: TrackletIndex | None = None
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
@@ -99,7 +102,11 @@ class IndexReader:
             return
         for _ in range(3):  # the indexer may replace the files between our reads of the manifest and the files
             try:
-                self._index = TrackletIndex(self.directory, self.dim, self.model, read_only=True)
+                ivf = None
+                if self.nprobe:  # only nprobe matters when searching: the lists are the snapshot's
+                    lists = max(self.nprobe, IvfOptions.nlist)
+                    ivf = IvfOptions(nlist=lists, nprobe=self.nprobe, train_size=64 * lists)
+                self._index = TrackletIndex(self.directory, self.dim, self.model, read_only=True, ivf=ivf)
                 self._stamp = stamp
                 return
             except (FileNotFoundError, SnapshotError) as e:

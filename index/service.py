@@ -23,7 +23,7 @@ import numpy as np
 import redis
 from prometheus_client import Counter, Gauge
 
-from index.store import MANIFEST, TrackletIndex, TrackletRecord
+from index.store import MANIFEST, IvfOptions, TrackletIndex, TrackletRecord
 from index.tracker import TrackerOptions, TrackletLinker
 from personsearch.streams import (
     DetectionMessage,
@@ -128,6 +128,7 @@ class IndexerOptions:
     save_period_s: float = 10.0
     retention_s: float = 7 * 24 * 3600.0  # tracklets that ended longer ago are deleted
     retention_check_s: float = 60.0
+    ivf: IvfOptions | None = None  # kind "ivf": lists, lists probed per search, training size
 
 
 class IndexerService:
@@ -141,7 +142,9 @@ class IndexerService:
         # One OpenMP thread: single-vector upserts and searches gain nothing from more, and on cores busy with the
         # detector faiss's spinning threads made a 20k search 25x and an IVF add 1000x slower (measured).
         faiss.omp_set_num_threads(1)
-        self.index = TrackletIndex(self.opt.directory, self.opt.dim, model, self.opt.kind, self.opt.device)
+        self.index = TrackletIndex(
+            self.opt.directory, self.opt.dim, model, self.opt.kind, self.opt.device, ivf=self.opt.ivf
+        )
         self.position = self.index.position
         self.unsaved = 0
         self._last_save = time.monotonic()

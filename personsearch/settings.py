@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from detector.service import DetectorOptions
 from index.service import IndexerOptions
+from index.store import IvfOptions
 from index.tracker import TrackerOptions
 from ingest.decoder import IngestOptions
 from watchlist.delivery import DeliveryOptions
@@ -81,6 +82,10 @@ class TrackerSettings(_Section):
 class IndexSettings(_Section):
     kind: Literal["flat", "ivf"] = "flat"
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    nlist: int = Field(default=1024, ge=1, description="ivf: inverted lists (about 4 x sqrt of the tracklets)")
+    nprobe: int = Field(
+        default=32, ge=1, description="ivf: lists read per search; recall against latency (docs/benchmarks.md)"
+    )
     save_every: int = Field(default=200, ge=1)
     save_period_s: float = Field(default=10.0, gt=0)
     retention_hours: float = Field(default=168.0, gt=0, description="tracklets older than this are deleted")
@@ -94,7 +99,12 @@ class IndexSettings(_Section):
             save_every=self.save_every,
             save_period_s=self.save_period_s,
             retention_s=self.retention_hours * 3600,
+            ivf=self.ivf(),
         )
+
+    def ivf(self) -> IvfOptions:
+        """The IVF shape: trained on 64 tracklets per list once that many are indexed."""
+        return IvfOptions(nlist=self.nlist, nprobe=min(self.nprobe, self.nlist), train_size=64 * self.nlist)
 
 
 FALLBACK_THRESHOLD = 0.6  # for a model without a calibrated threshold

@@ -97,3 +97,20 @@ def test_a_new_indexer_writes_an_empty_snapshot_at_once(r: redis.Redis, keys: Ke
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_the_ivf_shape_of_the_settings_reaches_the_indexer_and_the_reader(tmp_path: Path) -> None:
+    from index.search import IndexReader
+    from index.store import TrackletIndex
+    from personsearch.settings import IndexSettings
+
+    settings = IndexSettings(kind="ivf", nlist=16, nprobe=64)
+    opts = settings.options(tmp_path / "index", D)
+    assert opts.ivf is not None and (opts.ivf.nlist, opts.ivf.nprobe, opts.ivf.train_size) == (16, 16, 1024)
+    index = TrackletIndex(opts.directory, D, "m", kind="ivf", ivf=opts.ivf)
+    assert index.ivf == opts.ivf
+    index.save(position="0-0")
+    reader = IndexReader(opts.directory, D, "m", check_period_s=0.0, nprobe=8)
+    loaded = reader.index()
+    assert loaded is not None and loaded.ivf.nprobe == 8
+    assert IndexReader(opts.directory, D, "m", check_period_s=0.0, nprobe=4096).index().ivf.nprobe == 4096  # type: ignore[union-attr]
