@@ -31,25 +31,12 @@ from report import markdown_table, record
 from detector.engine import load_engine
 from detector.service import DetectorOptions
 from detector.weights import DEMO_WEIGHTS, read_weights
+from index.tracker import box_iou
 from personsearch.demo import MIN_HEIGHT_PX, MIN_VISIBLE, DemoOptions
 from training.synth.video import CameraVideoConfig, load_ground_truth, render_camera_set
 from watchlist.store import decode_photo
 
 logger = logging.getLogger("bench_demo_model")
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def camera_dir(args: argparse.Namespace) -> Path:
@@ -102,7 +89,7 @@ def main() -> int:
                 keep = det.scores >= det_thresh
                 boxes, embeddings = det.boxes[keep], det.embeddings[keep]
                 gt = np.array([q.box for q in people], np.float32).reshape(-1, 4)
-                ious = iou_matrix(gt, boxes)
+                ious = box_iou(gt, boxes)
                 countable = [
                     i for i, q in enumerate(people) if q.visible >= MIN_VISIBLE and q.box[3] - q.box[1] >= MIN_HEIGHT_PX
                 ]

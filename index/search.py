@@ -73,10 +73,15 @@ class IndexReader:
     """
 
     def __init__(
-        self, directory: Path, dim: int = 256, model: str = "", check_period_s: float = 1.0, nprobe: int | None = None
+        self,
+        directory: Path,
+        dim: int = 256,
+        model: str = "",
+        check_period_s: float = 1.0,
+        ivf: IvfOptions | None = None,
     ) -> None:
         self.directory, self.dim, self.model, self.check_period_s = Path(directory), dim, model, check_period_s
-        self.nprobe = nprobe  # IVF lists read per search (None: IvfOptions' default)
+        self.ivf = ivf  # of an IVF snapshot only nprobe (lists read per search) matters here; None: the defaults
         self._index: TrackletIndex | None = None
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
@@ -102,11 +107,7 @@ class IndexReader:
             return
         for _ in range(3):  # the indexer may replace the files between our reads of the manifest and the files
             try:
-                ivf = None
-                if self.nprobe:  # only nprobe matters when searching: the lists are the snapshot's
-                    lists = max(self.nprobe, IvfOptions.nlist)
-                    ivf = IvfOptions(nlist=lists, nprobe=self.nprobe, train_size=64 * lists)
-                self._index = TrackletIndex(self.directory, self.dim, self.model, read_only=True, ivf=ivf)
+                self._index = TrackletIndex(self.directory, self.dim, self.model, read_only=True, ivf=self.ivf)
                 self._stamp = stamp
                 return
             except (FileNotFoundError, SnapshotError) as e:

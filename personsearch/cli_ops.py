@@ -209,7 +209,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     settings = load_settings(Path(args.config) if args.config else None)
     model, dim = engine_identity(settings)
-    reader = IndexReader(Path(settings.data_dir) / "index", dim, model, nprobe=settings.index.nprobe)
+    reader = IndexReader(Path(settings.data_dir) / "index", dim, model, ivf=settings.index.ivf())
     if reader.index() is None:
         raise FileNotFoundError(f"no index snapshot in {Path(settings.data_dir) / 'index'} (is the indexer running?)")
     image, _ = decode_photo(Path(args.photo).read_bytes(), settings.watchlist.max_photo_bytes)

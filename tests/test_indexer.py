@@ -110,7 +110,6 @@ def test_the_ivf_shape_of_the_settings_reaches_the_indexer_and_the_reader(tmp_pa
     index = TrackletIndex(opts.directory, D, "m", kind="ivf", ivf=opts.ivf)
     assert index.ivf == opts.ivf
     index.save(position="0-0")
-    reader = IndexReader(opts.directory, D, "m", check_period_s=0.0, nprobe=8)
+    reader = IndexReader(opts.directory, D, "m", check_period_s=0.0, ivf=IndexSettings(nprobe=8).ivf())
     loaded = reader.index()
     assert loaded is not None and loaded.ivf.nprobe == 8
-    assert IndexReader(opts.directory, D, "m", check_period_s=0.0, nprobe=4096).index().ivf.nprobe == 4096  # type: ignore[union-attr]

@@ -117,7 +117,7 @@ def default_index_factory(settings: Settings) -> Callable[[], IndexReader]:
         from personsearch.runtime import engine_identity
 
         model, dim = engine_identity(settings)
-        return IndexReader(Path(settings.data_dir) / "index", dim, model, nprobe=settings.index.nprobe)
+        return IndexReader(Path(settings.data_dir) / "index", dim, model, ivf=settings.index.ivf())
 
     return build
 
