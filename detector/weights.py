@@ -43,6 +43,11 @@ def read_weights(path: Path) -> dict[str, Any]:
     return blob
 
 
+def float_state(blob: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file with fp16 tensors (``save_weights(..., half=True)``) back in fp32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+
+
 def load_model(path: Path | None = None, device: str | torch.device = "cpu") -> OIMNet:
     """Build the network described by a weights file and load it in eval mode (default: the bundled demo model)."""
     path = Path(path) if path is not None else DEMO_WEIGHTS
@@ -50,7 +55,6 @@ def load_model(path: Path | None = None, device: str | torch.device = "cpu") -> 
     # The file has every weight: download nothing, read no backbone file.
     cfg = ModelConfig(**{**blob["config"], "pretrained": "none", "backbone_weights": None})
     model = OIMNet(cfg)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    model.load_state_dict(state)
+    model.load_state_dict(float_state(blob))
     logger.info("loaded %s (%s) from %s", cfg.name, blob.get("meta", {}).get("description", ""), path)
     return model.to(device).eval()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from detector.engine import TorchEngine
 from detector.model import OIMNet, TrainingOutput
-from detector.weights import WEIGHTS_FORMAT, read_weights, save_weights
+from detector.weights import WEIGHTS_FORMAT, float_state, read_weights, save_weights
 from training.config import TrainConfig
 from training.data import IterationSampler, SceneDataset, collate_scenes
 from training.datasets.cuhk_sysu import CUHKSYSU
@@ -115,9 +115,8 @@ class Trainer:
     def _load_init_weights(self, path: Path) -> None:
         """Start from a whole trained network (fine-tuning); a resumed checkpoint later overrides it."""
         blob = read_weights(path)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
         try:
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(float_state(blob))
         except RuntimeError as exc:
             raise ValueError(f"{path} does not fit {self.model_cfg.name}: {str(exc).splitlines()[0]}") from exc
         logger.info("initialised the whole network from %s (%s)", path, blob["config"].get("name"))
