@@ -104,25 +104,26 @@ def build_engine(args: argparse.Namespace, stack: contextlib.ExitStack) -> Model
         random_init = "oim-r18-demo"
     if random_init is None:
         weights = Path(args.weights) if args.weights else None
-        engine = load_engine(args.engine, weights, device=args.device)
+        engine = load_engine(args.engine, weights, device=args.device, threads=args.engine_threads)
         return Model(engine, f"{engine.model_name} weights from {weights or 'the bundled demo model'}", True)
     torch.manual_seed(0)
     model = build_model(get_model_config(random_init)).eval()
     description = f"{random_init}, seeded random weights"
     if args.engine == "torch":
-        return Model(TorchEngine(model, args.device), description, False)
+        return Model(TorchEngine(model, args.device, args.engine_threads), description, False)
     onnx_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipeline-onnx-")))
     logger.info("exporting the random network to ONNX")
     with warnings.catch_warnings():  # the exporter's tracer warnings are about torchvision internals, not ours
         warnings.simplefilter("ignore")
         export_onnx(model, onnx_dir)
-    return Model(OnnxRuntimeEngine(onnx_dir), description, False)
+    return Model(OnnxRuntimeEngine(onnx_dir, threads=args.engine_threads), description, False)
 
 
 def engine_details(engine: Engine) -> str:
     """Execution providers or device of the engine, for the record."""
     if isinstance(engine, OnnxRuntimeEngine):
-        return f"onnxruntime on {', '.join(engine.providers)}"
+        threads = engine.detect_session.get_session_options().intra_op_num_threads
+        return f"onnxruntime on {', '.join(engine.providers)} ({threads or 'default'} threads)"
     if isinstance(engine, TorchEngine):
         return f"torch eager on {engine.device} ({torch.get_num_threads()} threads)"
     return engine.name
@@ -180,6 +181,21 @@ def decoded_frames(videos: list[Path], per_video: int, jpeg_quality: int) -> lis
     return out
 
 
+# -- CPU time --------------------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (every thread) so far; NaN where /proc cannot tell (not Linux)."""
+    if pid == os.getpid():
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 # -- detector only ---------------------------------------------------------------------------------------------------
 
 
@@ -194,15 +210,16 @@ def calibrated_threshold(engine: Engine, frames: list[np.ndarray], batch: int, p
     return float(pooled[min(len(pooled), per_frame * len(frames)) - 1])
 
 
-def detector_only_fps(engine: Engine, frames: list[np.ndarray], batch: int, seconds: float) -> float:
-    """Frames/s of ``engine.detect`` in batches of ``batch`` over ``frames`` for ``seconds``, after a warm-up."""
+def detector_only_fps(engine: Engine, frames: list[np.ndarray], batch: int, seconds: float) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of ``engine.detect`` in batches of ``batch`` over ``frames`` for
+    ``seconds``, after a warm-up."""
     engine.detect(frames[:batch])
-    done, start = 0, time.perf_counter()
+    done, start, cpu0 = 0, time.perf_counter(), cpu_seconds(os.getpid())
     while time.perf_counter() - start < seconds:
         first = done % len(frames)
         engine.detect((frames + frames[:batch])[first : first + batch])
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (cpu_seconds(os.getpid()) - cpu0) / done
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------------------
@@ -282,6 +299,7 @@ class RunResult:
     persons_per_frame: float
     backlog: tuple[int, int]  # frames queued before the detector at the start and end of the window
     events: dict[str, int] = field(default_factory=dict)
+    cpu_per_frame: dict[str, float] = field(default_factory=dict)  # worker -> CPU seconds per detected frame
 
     def latency(self, q: float) -> float | None:
         """The q-th percentile of capture-to-indexed latency in seconds, or None without events."""
@@ -364,6 +382,18 @@ class Pipeline:
             self.threads.append(thread)
             thread.start()
 
+    def pids(self) -> dict[str, int]:
+        """Process id of every worker process and of the redis-server (``threads``: one process holds all four)."""
+        out = {"detector" if self.mode == "processes" else "all workers": os.getpid()}
+        out.update((name, proc.pid) for name, proc in zip(self.SIDE_WORKERS, self.processes))
+        if self.server.proc is not None:
+            out["redis-server"] = self.server.proc.pid
+        return out
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by every process of the pipeline."""
+        return {name: cpu_seconds(pid) for name, pid in self.pids().items()}
+
     def alive(self) -> bool:
         """Every worker thread and process is still running."""
         return all(t.is_alive() for t in self.threads) and all(p.is_alive() for p in self.processes)
@@ -423,10 +453,10 @@ def measure(p: Pipeline, warmup_s: float, seconds: float, batch: int) -> RunResu
             raise RuntimeError("a pipeline worker died before the first detection")
         time.sleep(0.1)
     time.sleep(warmup_s)
-    t0, d0 = time.time(), p.detections()
+    t0, d0, cpu0 = time.time(), p.detections(), p.cpu()
     backlog0 = p.counters()[0] - d0
     time.sleep(seconds)
-    t1, d1 = time.time(), p.detections()
+    t1, d1, cpu1 = time.time(), p.detections(), p.cpu()
     published, dropped = p.counters()
     backlog1 = published - d1
     assert p.r is not None
@@ -442,6 +472,7 @@ def measure(p: Pipeline, warmup_s: float, seconds: float, batch: int) -> RunResu
         persons_per_frame=p.persons_per_frame(),
         backlog=(backlog0, backlog1),
         events=events,
+        cpu_per_frame={name: (cpu1[name] - cpu0[name]) / max(1, d1 - d0) for name in cpu0},
     )
 
 
@@ -505,6 +536,10 @@ def parse_args() -> argparse.Namespace:
     src.add_argument("--random-init", metavar="CONFIG", help="a seeded random network of this model config instead")
     p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
     p.add_argument("--device", default="cpu", help="torch engine device")
+    p.add_argument(
+        "--engine-threads", type=int, default=0,
+        help="CPU threads of the engine (the `engine.threads` setting; default: the runtime's, one per core)",
+    )  # fmt: skip
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4], help="camera counts to run")
     p.add_argument("--seconds", type=float, default=30.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds after the first detection before timing")
@@ -539,10 +574,17 @@ class Workload:
     embedding_dim: int
 
 
-def camera_count_row(args: argparse.Namespace, w: Workload, n: int, notes: list[str]) -> list[object]:
-    """Detector-only, saturated and partial-load runs with ``n`` cameras: one row of the table."""
+CPU_WORKERS = ("detector", "ingest", "tracker", "indexer", "redis-server")
+
+
+Row = list[object]
+
+
+def camera_count_rows(args: argparse.Namespace, w: Workload, n: int, notes: list[str]) -> tuple[Row, Row]:
+    """Detector-only, saturated and partial-load runs with ``n`` cameras: a row of the main table and one of the
+    CPU table."""
     logger.info("%d camera(s): detector-only for %.0f s", n, args.seconds)
-    det_fps = detector_only_fps(w.engine, w.frames, args.max_batch, args.seconds)
+    det_fps, engine_cpu = detector_only_fps(w.engine, w.frames, args.max_batch, args.seconds)
     logger.info("%d camera(s): detector-only %.2f frames/s", n, det_fps)
     sat_fps = camera_rate(args.saturate * det_fps, n, w.video_fps)
     if sat_fps * n < args.saturate * det_fps:
@@ -559,7 +601,12 @@ def camera_count_row(args: argparse.Namespace, w: Workload, n: int, notes: list[
         spec = run_spec(args, w.videos[:n], fps, w.det_thresh, w.embedding_dim)
         results.append(run_pipeline(w.engine, spec, args.warmup, args.seconds, label, args.workers))
     sat, part = results
-    return [
+    cpu = sat.cpu_per_frame
+    workers = [k for k in CPU_WORKERS if k in cpu] if args.workers == "processes" else ["all workers", "redis-server"]
+    cpu_row: Row = [n, f"{engine_cpu * 1000:.0f}"]
+    cpu_row += [f"{cpu[k] * 1000:.0f}" for k in workers]
+    cpu_row += [f"{sum(cpu.values()) * 1000:.0f}", f"{(os.cpu_count() or 1) / sat.fps * 1000:.0f}"]
+    row: Row = [
         n,
         f"{det_fps:.2f}",
         f"{sat.fps:.2f}" + ("" if sat.saturated else " (not saturated)"),
@@ -569,6 +616,7 @@ def camera_count_row(args: argparse.Namespace, w: Workload, n: int, notes: list[
         f"{sat.dropped} / {part.dropped}",
         f"{sat.persons_per_frame:.1f}",
     ]
+    return row, cpu_row
 
 
 WORKER_TEXT = {
@@ -578,7 +626,9 @@ WORKER_TEXT = {
 }
 
 
-def record_body(args: argparse.Namespace, model: Model, w: Workload, how: str, table: str, notes: list[str]) -> str:
+def record_body(
+    args: argparse.Namespace, model: Model, w: Workload, how: str, tables: tuple[str, str], notes: list[str]
+) -> str:
     """The text of the pipeline section of docs/benchmarks.md: setup, definitions, goal, table."""
     videos = f"{'rendered synthetic ' if not args.videos else ''}640x480 videos at {w.video_fps:g} fps"
     return (
@@ -593,7 +643,12 @@ def record_body(args: argparse.Namespace, model: Model, w: Workload, how: str, t
         "of a tracklet's last frame to the indexer applying its open or update event (close events wait max_gap_s "
         "by design and are left out). Saturated, it includes the growing frame queue, so the "
         f"{args.load:.0%}-load column (cameras offering {args.load} x the detector-only rate) is the one to size a "
-        f"deployment with. Each measurement: {args.seconds:g} s after a {args.warmup:g} s warm-up.\n\n{table}"
+        f"deployment with. Each measurement: {args.seconds:g} s after a {args.warmup:g} s warm-up.\n\n{tables[0]}\n\n"
+        "Where the CPU goes, saturated: CPU milliseconds (user + system, every thread) per frame the detector "
+        "published, by process, over the same window; the engine alone is the detector-only run's. The last column "
+        "is what the machine has per frame at the end-to-end rate (cores / frames/s): the workers' total can only "
+        "reach it when every core is busy, and what the detector process spends beyond the engine alone plus what "
+        f"the others spend is the overhead's cost in CPU.\n\n{tables[1]}"
         + "".join(f"\n\nNote: {note}" for note in notes)
     )
 
@@ -619,10 +674,12 @@ def main() -> int:
         dim = int(engine.detect(frames[:1])[0].embeddings.shape[1])
         w = Workload(engine, frames, videos, video_rate(videos[0]), thresh, dim)
         notes: list[str] = []
-        rows = []
+        rows, cpu_rows = [], []
         for n in args.cameras:
-            rows.append(camera_count_row(args, w, n, notes))
-            print(rows[-1], flush=True)
+            row, cpu_row = camera_count_rows(args, w, n, notes)
+            rows.append(row)
+            cpu_rows.append(cpu_row)
+            print(row, cpu_row, flush=True)
     header = [
         "cameras",
         "detector-only frames/s",
@@ -634,11 +691,15 @@ def main() -> int:
         "persons/frame",
     ]
     table = markdown_table(header, rows)
+    workers = list(CPU_WORKERS) if args.workers == "processes" else ["all workers", "redis-server"]
+    cpu_header = ["cameras", "engine alone", *(f"{k}{' process' if k == 'detector' else ''}" for k in workers)]
+    cpu_table = markdown_table([*cpu_header, "total", "available (cores / frames/s)"], cpu_rows)
     print(table)
+    print(cpu_table)
     for note in notes:
         print(f"note: {note}")
     if not args.no_record:
-        body = record_body(args, model, w, how, table, notes)
+        body = record_body(args, model, w, how, (table, cpu_table), notes)
         record("pipeline", "Pipeline: detector-only vs end to end, capture-to-indexed latency", body)
     return 0
 

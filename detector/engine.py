@@ -70,7 +70,9 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model: OIMNet, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: OIMNet, device: str | torch.device = "cpu", threads: int = 0) -> None:
+        if threads:  # torch's intra-op pool is per process: this sets it for every torch user in the process
+            torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.model_name = model.cfg.name
@@ -173,15 +175,18 @@ def load_engine(
     weights: Path | None = None,
     onnx_dir: Path | None = None,
     device: str = "cpu",
+    threads: int = 0,
 ) -> Engine:
     """Build an engine: ``torch`` from a weights file (default: the bundled demo), ``onnxruntime`` from an export.
 
     With ``onnxruntime`` and no ``onnx_dir``, the weights are exported once to a cache folder (``onnx_cache_dir``).
+    ``threads``: CPU threads for inference (0: the runtime's default, one per core); fewer than the cores leaves
+    the rest to the other workers of a one-machine deployment.
     """
     from detector.weights import DEMO_WEIGHTS, load_model
 
     if kind == "torch":
-        return TorchEngine(load_model(weights, device), device)
+        return TorchEngine(load_model(weights, device), device, threads)
     if kind == "onnxruntime":
         if onnx_dir is None:
             from detector.export import export_onnx
@@ -190,5 +195,5 @@ def load_engine(
             onnx_dir = onnx_cache_dir(src)
             if not (onnx_dir / MANIFEST).is_file():  # the manifest is written last: its presence means complete
                 export_onnx(load_model(src), onnx_dir)
-        return OnnxRuntimeEngine(onnx_dir)
+        return OnnxRuntimeEngine(onnx_dir, threads=threads)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

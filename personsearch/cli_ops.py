@@ -30,13 +30,6 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
             server.stop()
 
 
-def _engine(settings: Any) -> Any:
-    from detector.engine import load_engine
-
-    e = settings.engine
-    return load_engine(e.kind, e.weights, e.onnx_dir, e.device)
-
-
 def save_threshold(settings: Any, threshold: float) -> Path:
     """Record a calibrated threshold in the configured model's weights file (or ONNX export manifest)."""
     import torch
@@ -98,7 +91,7 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
             photos = [
                 PhotoInput(Path(p).read_bytes(), _box(boxes[i]) if boxes else None) for i, p in enumerate(args.photos)
             ]
-            engine = _engine(settings)
+            engine = settings.engine.load()
             try:
                 if args.action == "add":
                     person = wl.add(engine, args.person_id, photos, args.name or "", args.threshold, args.notes or "")
@@ -111,7 +104,7 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
                 raise
             print(person.model_dump_json(indent=2))
         elif args.action == "re-embed":
-            persons = wl.reembed(_engine(settings))
+            persons = wl.reembed(settings.engine.load())
             print(f"re-embedded {sum(len(p.photos) for p in persons)} photos of {len(persons)} persons")
         elif args.action == "list":
             persons = wl.list()
@@ -144,7 +137,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.save and settings.engine.onnx_dir is None and settings.engine.weights is None:
         raise ValueError("--save writes into the weights file: name it (engine.weights), not the bundled model")
-    cal = run(_engine(settings), Path(args.data), args.gallery_size, args.target_fmr,
+    cal = run(settings.engine.load(), Path(args.data), args.gallery_size, args.target_fmr,
               Path(args.json) if args.json else None, Path(args.plot) if args.plot else None)  # fmt: skip
     print(cal.table())
     print(
@@ -213,7 +206,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if reader.index() is None:
         raise FileNotFoundError(f"no index snapshot in {Path(settings.data_dir) / 'index'} (is the indexer running?)")
     image, _ = decode_photo(Path(args.photo).read_bytes(), settings.watchlist.max_photo_bytes)
-    emb, box = query_embedding(_engine(settings), image, _box(args.box))
+    emb, box = query_embedding(settings.engine.load(), image, _box(args.box))
     cameras = args.cameras.split(",") if args.cameras else None
     hits = reader.search(np.asarray(emb), k=args.k, cameras=cameras, since=_ts(args.since), until=_ts(args.until))
     rows = []

@@ -177,7 +177,6 @@ def _who(al: Any, truth: Any) -> dict[str, Any]:
 
 def run_demo(opt: DemoOptions) -> dict[str, Any]:
     """Run the demo end to end; returns the summary (also written to ``opt.json_path``)."""
-    from detector.engine import load_engine
     from ingest.cameras import CameraConfig, CameraRegistry, CameraState
     from personsearch.auth import ApiKeyStore
     from personsearch.runtime import Supervisor, connect, match_threshold
@@ -218,8 +217,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
     try:
         _, api_key = ApiKeyStore(r, keys).create("demo")
         _say(opt, "loading the model (the first run exports it to ONNX) ...")
-        e = settings.engine
-        engine = load_engine(e.kind, e.weights, e.onnx_dir, e.device)
+        engine = settings.engine.load()
         photo = Path(cams_dir / "photos" / f"{watched['name']}.jpg")
         person = Watchlist(r, keys).add(
             engine, "person-1", [PhotoInput(photo.read_bytes(), watched.get("photo_box"))], name=watched["name"]

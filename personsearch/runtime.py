@@ -146,11 +146,9 @@ def _build_worker(name: str, settings: Settings, r: redis.Redis, keys: Any, redi
 
         return IngestService(r, keys, settings.ingest.options())
     if name == "detector":
-        from detector.engine import load_engine
         from detector.service import DetectorService
 
-        e = settings.engine
-        engine = load_engine(e.kind, e.weights, e.onnx_dir, e.device)
+        engine = settings.engine.load()
         return DetectorService(r, keys, engine, settings.detector.options())
     if name == "tracker":
         from index.service import TrackerService

@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from detector.engine import Engine, load_engine
 from detector.service import DetectorOptions
 from index.service import IndexerOptions
 from index.store import IvfOptions
@@ -39,6 +40,16 @@ class EngineSettings(_Section):
     weights: Path | None = Field(default=None, description="weights file; default: the bundled demo model")
     onnx_dir: Path | None = Field(default=None, description="an existing `personsearch export` folder")
     device: str = "cpu"
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU threads for inference; 0: the runtime's default (one per core). Fewer than the cores leaves "
+        "the rest to ingest, tracking and indexing on the same machine",
+    )
+
+    def load(self) -> Engine:
+        """The engine these settings describe (exports the weights to ONNX once for ``onnxruntime``)."""
+        return load_engine(self.kind, self.weights, self.onnx_dir, self.device, self.threads)
 
 
 class IngestSettings(_Section):

@@ -134,6 +134,28 @@ def test_onnxruntime_matches_torch_on_boxes_and_embeddings(
         assert np.all((q_ref * q_ort).sum(axis=1) >= 0.999)
 
 
+def test_engine_threads_setting_reaches_the_runtimes(
+    tmp_path: Path, model: OIMNet, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from personsearch.settings import EngineSettings
+
+    export_onnx(model, tmp_path / "onnx")
+    one = EngineSettings(kind="onnxruntime", onnx_dir=tmp_path / "onnx", threads=1).load()
+    default = EngineSettings(kind="onnxruntime", onnx_dir=tmp_path / "onnx").load()
+    assert isinstance(one, OnnxRuntimeEngine) and isinstance(default, OnnxRuntimeEngine)
+    assert one.detect_session.get_session_options().intra_op_num_threads == 1
+    assert default.detect_session.get_session_options().intra_op_num_threads == 0  # the runtime's choice
+    a, b = one.detect(frames[:1])[0], default.detect(frames[:1])[0]
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # the real call would change every later test
+    TorchEngine(model, threads=3)
+    TorchEngine(model)
+    assert calls == [3]
+    with pytest.raises(ValueError):
+        EngineSettings(threads=-1)
+
+
 def test_onnx_engine_names_the_missing_export(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="personsearch export"):
         OnnxRuntimeEngine(tmp_path)

@@ -102,10 +102,7 @@ def default_engine_factory(settings: Settings) -> Callable[[], Engine]:
     """Build the configured engine (``settings.engine``)."""
 
     def build() -> Engine:
-        from detector.engine import load_engine
-
-        e = settings.engine
-        return load_engine(e.kind, e.weights, e.onnx_dir, e.device)
+        return settings.engine.load()
 
     return build
 
