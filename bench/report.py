@@ -24,13 +24,19 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 def machine() -> str:
     """One line naming the machine the figures were measured on."""
     cpu = platform.processor() or platform.machine()
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    if "model name" in info:
+        # Two machines of one "model name" can differ several-fold in inference speed (e.g. with and without
+        # AVX-512), so the family, model and widest vector unit go with it.
+        flags = set(info.get("flags", "").split())
+        isa = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+        cpu = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 

@@ -49,6 +49,10 @@ class IngestOptions:
     backoff_initial_s: float = 0.5
     backoff_cap_s: float = 30.0
     down_after: int = 3  # consecutive failed attempts before the camera is shown as down
+    # FFmpeg decoding threads per camera. 1 is the cheapest per frame (frame threading cost 1.9x the CPU per
+    # 640x480 H.264 frame here, docs/benchmarks.md) and cameras already decode in parallel; 0 lets FFmpeg choose
+    # (frame + slice threads, one per core) for a source too large for one core to decode in real time.
+    decode_threads: int = 1
     status_period_s: float = 1.0
 
 
@@ -164,7 +168,9 @@ class CameraDecoder:
             if not container.streams.video:
                 raise ValueError("the source has no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            if self.opt.decode_threads != 1:
+                stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self.opt.decode_threads
             period = 1.0 / self.cfg.fps
             next_due: float | None = None
             wall0: float | None = None

@@ -60,6 +60,12 @@ class IngestSettings(_Section):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_cap_s: float = Field(default=30.0, gt=0)
     down_after: int = Field(default=3, ge=1)
+    decode_threads: int = Field(
+        default=1,
+        ge=0,
+        description="FFmpeg decoding threads per camera: 1 is the cheapest per frame; 0 lets FFmpeg choose, for a "
+        "source one core cannot decode in real time",
+    )
 
     def options(self) -> IngestOptions:
         return IngestOptions(**self.model_dump())

@@ -107,11 +107,12 @@ def test_registry_adds_lists_updates_and_removes_cameras_with_validation(registr
     assert CameraConfig(id="c", url="rtsp://u:secret@h/s").describe() == "rtsp://u:***@h/s"
 
 
+@pytest.mark.parametrize("decode_threads", [1, 0], ids=["one-decode-thread", "ffmpeg-threads"])
 def test_file_camera_is_sampled_to_its_fps_resized_and_published_as_jpeg(
-    r: redis.Redis, keys: Keys, registry: CameraRegistry, video: Path
+    r: redis.Redis, keys: Keys, registry: CameraRegistry, video: Path, decode_threads: int
 ) -> None:
     cfg = registry.add(CameraConfig(id="cam", url=f"file://{video}", fps=5, max_size=160))
-    with Running(cfg, r, keys):
+    with Running(cfg, r, keys, IngestOptions(**{**FAST.__dict__, "decode_threads": decode_threads})):
         wait_for(lambda: registry.status("cam").state is CameraState.DOWN, 20, "the file to end")
     frames = frames_of(r, keys, "cam")
     # 40 frames at 10 fps = 4 s of video sampled at 5 fps: 20 frames.
