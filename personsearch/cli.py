@@ -84,6 +84,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from training.recipe import format_comparison, run_recipe
+
+    summary = run_recipe(
+        Path(args.data), Path(args.runs), tuple(args.losses), scale=args.scale, device=args.device,
+        gallery_size=args.gallery_size,
+    )  # fmt: skip
+    print(format_comparison(summary))
+    print(f"written: {Path(args.runs) / 'recipe.json'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from training.datasets.cuhk_sysu import CUHKSYSU
     from training.evaluation import evaluate_results, format_table, load_results
@@ -288,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--steps", type=int, default=600)
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain)
+
+    rc = sub.add_parser(
+        "recipe", help="the demo model's whole recipe (pre-training, joint training, fine-tuning) for OIM and Softmax"
+    )
+    rc.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout (personsearch synth)")
+    rc.add_argument("--runs", default="runs/recipe", help="folder of every step's output; finished steps are skipped")
+    rc.add_argument("--losses", nargs="+", default=["oim", "softmax"], choices=["oim", "softmax"])
+    rc.add_argument("--scale", type=float, default=1.0, help="multiplies every step's iterations (GPU: 10 or more)")
+    rc.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    rc.add_argument("--gallery-size", type=int, default=100)
+    rc.set_defaults(func=cmd_recipe)
 
     e = sub.add_parser("eval", help="score a model (or a saved results file) with the person-search protocol")
     e.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout")

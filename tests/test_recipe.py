@@ -1,0 +1,61 @@
+"""The demo model's recipe in one command: every step runs, both losses are compared, a rerun skips what is done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detector.weights import read_weights
+from training.recipe import RecipeSteps, format_comparison, run_recipe
+
+# A few iterations of each step, on a smaller input: the recipe's plumbing, not its figures.
+SCALE = 0.0015  # crops 1, roi 1, joint 2 (milestone 2), fine-tune 4 (milestone 3) iterations
+SMALL = {
+    "solver.images_per_batch": 2,
+    "solver.warmup_iters": 1,
+    "data.num_workers": 0,
+    "model_overrides.min_size": 192,
+    "model_overrides.max_size": 256,
+}
+
+
+def test_recipe_runs_every_step_for_both_losses_and_resumes_by_skipping(tiny_world: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    summary = run_recipe(
+        tiny_world, runs, scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL
+    )
+    assert summary["steps"] == RecipeSteps().scaled(SCALE).__dict__
+    for path in ("pretrain/r18-crops.pt", "pretrain/r18-roi.pt", "oim-r18-synth/model_final.pt",
+                 "softmax-r18-synth/model_final.pt", "oim-r18-synth-ft/model_final.pt",
+                 "softmax-r18-synth-ft/model_final.pt"):  # fmt: skip
+        assert (runs / path).is_file(), path
+    # Step 4 fine-tuned step 3's network with its own loss.
+    config = read_weights(runs / "softmax-r18-synth-ft" / "model_final.pt")["meta"]["train_config"]
+    assert config["loss"]["kind"] == "softmax" and config["init_weights"].endswith("softmax-r18-synth/model_final.pt")
+    assert set(summary["results"]) == {"untrained", "oim", "softmax"}
+    for result in summary["results"].values():
+        assert set(result) >= {"mAP", "top1", "top5", "top10", "det_ap", "det_recall"}
+        assert result["gallery_size"] == 50
+    assert json.loads((runs / "recipe.json").read_text())["results"] == summary["results"]
+    table = format_comparison(summary)
+    assert table.count("\n") == 4 and "| softmax |" in table
+    assert set(summary["seconds"]) == {"pretrain_crops", "pretrain_roi", "oim_joint", "oim_finetune",
+                                       "softmax_joint", "softmax_finetune"}  # fmt: skip
+    # Run again: every step's output is there, so nothing is trained twice and the figures are the same.
+    again = run_recipe(
+        tiny_world, runs, scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL
+    )
+    assert again["results"] == summary["results"]  # the evaluations are cached beside the weights too
+    assert all(v == 0.0 for k, v in again["seconds"].items() if k.endswith(("joint", "finetune")))
+    assert "pretrain_crops" not in again["seconds"]
+
+
+def test_recipe_refuses_unknown_losses_and_a_missing_dataset(tmp_path: Path, tiny_world: Path) -> None:
+    with pytest.raises(ValueError, match="losses must be among"):
+        run_recipe(tiny_world, tmp_path, losses=("triplet",))
+    with pytest.raises(FileNotFoundError, match="CUHK-SYSU layout"):
+        run_recipe(tmp_path / "nothing", tmp_path)
+    with pytest.raises(ValueError, match="scale"):
+        RecipeSteps().scaled(0)

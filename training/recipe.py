@@ -1,0 +1,192 @@
+"""The demo model's whole recipe in one command: `personsearch recipe --data data/synth`.
+
+Runs the four steps of docs/model-card.md for each loss asked for (OIM and the Softmax baseline by default), from the
+same two pre-training stages, then evaluates every final network, and the untrained one, on the test split:
+
+1. ``pretrain_backbone``: ResNet classifies identity crops (the stand-in for ImageNet initialisation);
+2. ``pretrain_roi``: the same network classifies identities through the joint network's RoI path;
+3. joint training (``<loss>-r18-synth``), from step 2's weights;
+4. fine-tuning (``oim-r18-synth-ft`` with the loss swapped), from step 3's whole network.
+
+``scale`` multiplies every step's iterations and learning-rate milestones (1.0: the recipe as run on the CPU; a GPU
+affords 10 or more). Every step is skipped when its output exists, so an interrupted recipe resumes where it stopped
+(the trainer itself resumes mid-run from its last checkpoint). The comparison goes to ``<runs>/recipe.json`` and is
+printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import load_train_config
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("oim", "softmax")
+
+
+@dataclass(frozen=True)
+class RecipeSteps:
+    """Iterations of each step at scale 1 (docs/model-card.md); milestones are where the learning rate drops."""
+
+    crops: int = 600
+    roi: int = 700
+    joint: int = 1400
+    joint_milestone: int = 1100
+    finetune: int = 2800
+    finetune_milestone: int = 2200
+
+    def scaled(self, scale: float) -> RecipeSteps:
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        return RecipeSteps(**{k: max(1, round(v * scale)) for k, v in self.__dict__.items()})
+
+
+def _train(config: str, overrides: dict[str, Any], final: Path, progress: bool) -> float:
+    """Run one training (resuming a partial run) unless its final weights exist; returns the seconds it took."""
+    from training.engine import build_trainer
+
+    if final.is_file():
+        logger.info("recipe: %s exists, skipping", final)
+        return 0.0
+    start = time.perf_counter()
+    build_trainer(load_train_config(config, overrides), resume=True, progress=progress).train()
+    return time.perf_counter() - start
+
+
+def _evaluate(
+    weights: Path, data: Path, gallery_size: int, device: str, progress: bool, untrained: bool = False
+) -> dict[str, Any]:
+    """Search and detection figures of ``weights`` on the test split, cached beside them (``eval-g<N>.json``).
+
+    ``untrained``: the same architecture with seeded random weights instead (the model card's baseline).
+    """
+    import torch
+
+    from detector.engine import TorchEngine
+    from detector.model import build_model
+    from detector.weights import load_model
+    from training.datasets.cuhk_sysu import CUHKSYSU
+    from training.inference import evaluate_engine
+
+    cache = weights.parent / f"eval{'-untrained' if untrained else ''}-g{gallery_size}.json"
+    if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+        return dict(json.loads(cache.read_text()))
+    model = load_model(weights, device)
+    if untrained:
+        torch.manual_seed(0)
+        model = build_model(model.cfg).to(device).eval()
+    (result,) = evaluate_engine(TorchEngine(model, device), CUHKSYSU(data), (gallery_size,), progress=progress)
+    out = {k: result[k] for k in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall", "gallery_size")}
+    cache.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def run_recipe(
+    data: Path,
+    runs: Path,
+    losses: tuple[str, ...] = LOSSES,
+    scale: float = 1.0,
+    device: str = "auto",
+    gallery_size: int = 100,
+    progress: bool = True,
+    train_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Steps 1-4 for every loss in ``losses``, then the evaluation; returns (and saves) the comparison.
+
+    ``train_overrides``: dotted training-config keys applied to steps 3 and 4 (e.g. ``solver.images_per_batch``).
+    """
+    from training.pretrain import pretrain_backbone, pretrain_roi
+
+    unknown = set(losses) - set(LOSSES)
+    if unknown or not losses:
+        raise ValueError(f"losses must be among {', '.join(LOSSES)}; got {', '.join(losses) or 'none'}")
+    if not (data / "annotation").is_dir():
+        raise FileNotFoundError(f"{data} is not a dataset in the CUHK-SYSU layout (make one: personsearch synth)")
+    steps = RecipeSteps().scaled(scale)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    seconds: dict[str, float] = {}
+    crops, roi = runs / "pretrain" / "r18-crops.pt", runs / "pretrain" / "r18-roi.pt"
+    for name, out, make in (
+        ("crops", crops, lambda: pretrain_backbone(data, crops, steps=steps.crops, progress=progress)),
+        ("roi", roi, lambda: pretrain_roi(data, roi, crops, steps=steps.roi, progress=progress)),
+    ):
+        if out.is_file():
+            logger.info("recipe: %s exists, skipping", out)
+            continue
+        start = time.perf_counter()
+        make()
+        seconds[f"pretrain_{name}"] = round(time.perf_counter() - start, 1)
+    common = {**(train_overrides or {}), "data.root": str(data), "device": device}
+    finals: dict[str, Path] = {}
+    for loss in losses:
+        joint = runs / f"{loss}-r18-synth"
+        seconds[f"{loss}_joint"] = round(
+            _train(
+                f"{loss}-r18-synth",
+                {
+                    **common,
+                    "output_dir": str(joint),
+                    "model_overrides.backbone_weights": str(roi),
+                    "solver.max_iters": steps.joint,
+                    "solver.steps": [steps.joint_milestone],
+                    "checkpoint_period": max(1, steps.joint // 4),
+                    "eval_period": -1,
+                },
+                joint / "model_final.pt",
+                progress,
+            ),
+            1,
+        )
+        finetune = runs / f"{loss}-r18-synth-ft"
+        seconds[f"{loss}_finetune"] = round(
+            _train(
+                "oim-r18-synth-ft",
+                {
+                    **common,
+                    "output_dir": str(finetune),
+                    "init_weights": str(joint / "model_final.pt"),
+                    "loss.kind": loss,
+                    "solver.max_iters": steps.finetune,
+                    "solver.steps": [steps.finetune_milestone],
+                    "checkpoint_period": max(1, steps.finetune // 4),
+                    "eval_period": -1,
+                },
+                finetune / "model_final.pt",
+                progress,
+            ),
+            1,
+        )
+        finals[loss] = finetune / "model_final.pt"
+    first = next(iter(finals.values()))
+    results = {"untrained": _evaluate(first, data, gallery_size, device, progress, untrained=True)}
+    results.update({loss: _evaluate(path, data, gallery_size, device, progress) for loss, path in finals.items()})
+    summary = {
+        "data": str(data),
+        "scale": scale,
+        "steps": steps.__dict__,
+        "device": device,
+        "seconds": seconds,
+        "results": results,
+        "weights": {loss: str(path) for loss, path in finals.items()},
+    }
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "recipe.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_comparison(summary: dict[str, Any]) -> str:
+    """The recipe's results as a markdown table, one row per network."""
+    keys = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
+    lines = ["| network | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, res in summary["results"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{res[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
