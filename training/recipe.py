@@ -128,43 +128,25 @@ def run_recipe(
     common = {**(train_overrides or {}), "data.root": str(data), "device": device}
     finals: dict[str, Path] = {}
     for loss in losses:
-        joint = runs / f"{loss}-r18-synth"
-        seconds[f"{loss}_joint"] = round(
-            _train(
-                f"{loss}-r18-synth",
-                {
-                    **common,
-                    "output_dir": str(joint),
-                    "model_overrides.backbone_weights": str(roi),
-                    "solver.max_iters": steps.joint,
-                    "solver.steps": [steps.joint_milestone],
-                    "checkpoint_period": max(1, steps.joint // 4),
-                    "eval_period": -1,
-                },
-                joint / "model_final.pt",
-                progress,
-            ),
-            1,
-        )
-        finetune = runs / f"{loss}-r18-synth-ft"
-        seconds[f"{loss}_finetune"] = round(
-            _train(
-                "oim-r18-synth-ft",
-                {
-                    **common,
-                    "output_dir": str(finetune),
-                    "init_weights": str(joint / "model_final.pt"),
-                    "loss.kind": loss,
-                    "solver.max_iters": steps.finetune,
-                    "solver.steps": [steps.finetune_milestone],
-                    "checkpoint_period": max(1, steps.finetune // 4),
-                    "eval_period": -1,
-                },
-                finetune / "model_final.pt",
-                progress,
-            ),
-            1,
-        )
+        joint, finetune = runs / f"{loss}-r18-synth", runs / f"{loss}-r18-synth-ft"
+        stages = (  # (stage, config, run folder, what it starts from, iterations, milestone)
+            ("joint", f"{loss}-r18-synth", joint, {"model_overrides.backbone_weights": str(roi)}, steps.joint,
+             steps.joint_milestone),
+            ("finetune", "oim-r18-synth-ft", finetune,
+             {"init_weights": str(joint / "model_final.pt"), "loss.kind": loss}, steps.finetune,
+             steps.finetune_milestone),
+        )  # fmt: skip
+        for stage, config, out, start_from, iters, milestone in stages:
+            overrides = {
+                **common,
+                **start_from,
+                "output_dir": str(out),
+                "solver.max_iters": iters,
+                "solver.steps": [milestone],
+                "checkpoint_period": max(1, iters // 4),
+                "eval_period": -1,
+            }
+            seconds[f"{loss}_{stage}"] = round(_train(config, overrides, out / "model_final.pt", progress), 1)
         finals[loss] = finetune / "model_final.pt"
     first = next(iter(finals.values()))
     results = {"untrained": _evaluate(first, data, gallery_size, device, progress, untrained=True)}
