@@ -67,6 +67,9 @@ class DetectorOptions:
     crop_quality: int = 80
     detections_maxlen: int = 100_000  # the detections stream is trimmed (approximately) to this many entries
     registry_poll_s: float = 1.0
+    # Frames captured longer ago than this when the detector reaches them are skipped (acked, counted as dropped,
+    # reason "stale") so that an overloaded detector stays live instead of alerting minutes late; 0: never.
+    max_frame_age_s: float = 0.0
 
 
 @dataclass
@@ -164,6 +167,7 @@ class DetectorService:
         self._version = -1
         self._last_poll = 0.0
         self.frames_done = 0
+        self.frames_stale = 0
 
     def follow_cameras(self) -> None:
         """Consume the frame stream of every registered camera (new ones included)."""
@@ -188,6 +192,11 @@ class DetectorService:
             if item.frame is None:
                 FRAMES_LOST.labels(camera, "trimmed" if item.entry.fields is None else "unreadable").inc()
                 self.consumer.ack(item.entry.stream, [item.entry.id])  # nothing to publish for it
+                continue
+            if self.opt.max_frame_age_s and time.time() - item.frame.capture_ts > self.opt.max_frame_age_s:
+                FRAMES_LOST.labels(camera, "stale").inc()
+                self.consumer.ack(item.entry.stream, [item.entry.id])
+                self.frames_stale += 1
                 continue
             try:
                 image = Image.open(io.BytesIO(item.frame.jpeg)).convert("RGB")

@@ -206,6 +206,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         metrics_port=None,
         api={"port": opt.api_port},
         ingest={"frame_stream_maxlen": 1000},  # the detector worker's start-up must not drop the first frames
+        # ... but on a CPU too slow for both cameras, frames are skipped rather than alerted on minutes late.
+        detector={"max_frame_age_s": 5.0},
     )
     sup = Supervisor(settings, workers=DEMO_WORKERS)
     url = sup.start_redis()

@@ -78,6 +78,12 @@ class DetectorSettings(_Section):
     claim_idle_ms: int = Field(default=10_000, ge=100)
     det_thresh: float = Field(default=0.5, ge=0, le=1)
     crop_max_side: int = Field(default=160, ge=16)
+    max_frame_age_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="skip frames captured longer ago than this (counted as dropped, reason stale), so an overloaded "
+        "detector stays live; 0: never (every frame is detected, however late)",
+    )
 
     def options(self) -> DetectorOptions:
         return DetectorOptions(**self.model_dump(exclude={"workers"}))

@@ -28,7 +28,9 @@ from tests.detector_worker import SlowEngine
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def publish_frames(r: redis.Redis, keys: Keys, camera: str, n: int, size: tuple[int, int] = (96, 64)) -> None:
+def publish_frames(
+    r: redis.Redis, keys: Keys, camera: str, n: int, size: tuple[int, int] = (96, 64), age_s: float = 0.0
+) -> None:
     CameraRegistry(r, keys).add(CameraConfig(id=camera, url=f"/videos/{camera}.mp4"))
     pub = FramePublisher(r, keys, camera, maxlen=1000)
     rng = np.random.default_rng(abs(hash(camera)) % 1000)
@@ -38,7 +40,7 @@ def publish_frames(r: redis.Redis, keys: Keys, camera: str, n: int, size: tuple[
             FrameMessage(
                 camera=camera,
                 seq=pub.next_seq(),
-                capture_ts=time.time(),
+                capture_ts=time.time() - age_s,
                 width=size[0],
                 height=size[1],
                 jpeg=encode_jpeg(img, 90),
@@ -59,6 +61,18 @@ def test_batches_take_cameras_round_robin_so_a_busy_one_cannot_starve_the_others
     cameras = [p.frame.camera for p in batch if p.frame]
     assert len(batch) == 4 and cameras.count("quiet") == 2  # both quiet frames in the first batch
     assert [p.frame.seq for p in batch if p.frame and p.frame.camera == "busy"] == [1, 2]  # in order per camera
+
+
+def test_an_overloaded_detector_skips_frames_older_than_max_age_counted_and_acked(r: redis.Redis, keys: Keys) -> None:
+    publish_frames(r, keys, "late", 3, age_s=30.0)  # queued for 30 s behind a detector that could not keep up
+    publish_frames(r, keys, "fresh", 2)
+    options = DetectorOptions(max_batch=8, det_thresh=0.0, max_frame_age_s=5.0)
+    service = DetectorService(r, keys, SlowEngine(0), options, "d1")
+    assert service.step() == 5
+    assert service.frames_stale == 3 and service.frames_done == 2
+    assert sorted(m.camera for m in published(r, keys)) == ["fresh", "fresh"]
+    for cam in ("late", "fresh"):  # the skipped frames are acked: nothing is left pending or redelivered
+        assert r.xpending(keys.frames(cam), Groups.DETECTOR)["pending"] == 0
 
 
 def test_every_frame_yields_one_detection_message_with_crops_and_is_acked_after(r: redis.Redis, keys: Keys) -> None:
