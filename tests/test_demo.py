@@ -26,7 +26,7 @@ def _free_port() -> int:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """One shortened demo run; returns (summary, what the API showed while it ran, the output folder)."""
     if not DEMO_WEIGHTS.is_file():
-        pytest.skip("the demo needs the bundled model (detector/weights/oim-r18-demo.pt)")
+        pytest.fail("the demo needs the bundled model (detector/weights/oim-r18-demo.pt, tracked in git)")
     out = tmp_path_factory.mktemp("demo")
     seen: dict[str, Any] = {"sse": []}
 

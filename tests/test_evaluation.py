@@ -249,7 +249,8 @@ def test_embeddings_are_compared_by_cosine_whatever_their_norm():
 
 
 def test_evaluator_accepts_torch_tensors():
-    torch = pytest.importorskip("torch")
+    import torch
+
     ev = PersonSearchEvaluator([scene("a.jpg", BIG)], [query(("a.jpg", BIG))])
     ev.process_gallery("a.jpg", torch.tensor(BIG[None]), torch.tensor([0.9]), torch.tensor(emb(1.0)[None]))
     ev.process_query(0, torch.tensor(QUERY_EMB))

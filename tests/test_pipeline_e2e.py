@@ -120,7 +120,7 @@ def test_searching_with_a_photo_ranks_that_identitys_tracklets_first(  # type: i
 ) -> None:
     r, p, engine, trained = pipeline_run
     if not trained:
-        pytest.skip("retrieval needs the trained demo model (detector/weights/oim-r18-demo.pt)")
+        pytest.fail("retrieval needs the trained demo model (detector/weights/oim-r18-demo.pt, tracked in git)")
     dets = {(d.camera, d.seq): d for d in (decode(DetectionMessage, f) for _, f in r.xrange(keys.detections))}
     truths = {c.camera: load_ground_truth(c.ground_truth) for c in camera_set.cameras}
 
