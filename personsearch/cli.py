@@ -89,7 +89,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
     summary = run_recipe(
         Path(args.data), Path(args.runs), tuple(args.losses), scale=args.scale, device=args.device,
-        gallery_size=args.gallery_size,
+        gallery_size=args.gallery_size, train_overrides=_parse_set(args.set),
     )  # fmt: skip
     print(format_comparison(summary))
     print(f"written: {Path(args.runs) / 'recipe.json'}")
@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--scale", type=float, default=1.0, help="multiplies every step's iterations (GPU: 10 or more)")
     rc.add_argument("--device", default="auto", help="cpu, cuda or auto")
     rc.add_argument("--gallery-size", type=int, default=100)
+    rc.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="training-config override for the joint and fine-tuning steps, e.g. solver.cpu_bf16=true",
+    )  # fmt: skip
     rc.set_defaults(func=cmd_recipe)
 
     e = sub.add_parser("eval", help="score a model (or a saved results file) with the person-search protocol")

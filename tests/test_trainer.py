@@ -131,6 +131,27 @@ def test_training_run_writes_metrics_plot_checkpoint_and_loadable_weights(tiny_w
     assert again.iteration == 4
 
 
+def test_cpu_bf16_option_runs_the_network_in_bf16_and_trains_fp32_weights(tiny_world: Path, tmp_path: Path) -> None:
+    base = tiny_config(tiny_world, tmp_path / "run")
+    cfg = base.model_copy(update={"solver": base.solver.model_copy(update={"cpu_bf16": True, "max_iters": 2})})
+    trainer = build_trainer(cfg, progress=False)
+    dtypes: list[torch.dtype] = []
+    trainer.model.backbone.body.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # the stem ran under bf16 autocast, once per step
+    after = trainer.model.state_dict()
+    assert all(v.dtype == before[k].dtype for k, v in after.items())  # the weights stay fp32
+    assert not torch.equal(after["backbone.body.conv1.weight"], before["backbone.body.conv1.weight"])
+    assert all(np.isfinite(row["loss"]) for row in trainer.history if "loss" in row)
+    # Without the option, the same network runs in fp32.
+    plain_solver = {**base.solver.model_dump(), "max_iters": 1}
+    plain = build_trainer(tiny_config(tiny_world, tmp_path / "plain", solver=plain_solver), progress=False)
+    plain.model.backbone.body.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    plain.train()
+    assert dtypes[-1] == torch.float32
+
+
 def test_fine_tuning_starts_from_the_whole_given_network_and_refuses_another_architecture(
     tiny_world: Path, tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ class Trainer:
         )
         self.use_amp = s.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.use_cpu_bf16 = s.cpu_bf16 and self.device.type == "cpu"  # bf16 needs no gradient scaler
         self.iteration = 0
         self.history: list[dict[str, Any]] = []  # one row per logged step or evaluation
         if resume and (self.output_dir / CHECKPOINT_NAME).is_file():
@@ -157,7 +158,10 @@ class Trainer:
         """One optimisation step; returns the losses and the learning rate."""
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-        with torch.autocast("cuda", enabled=self.use_amp):
+        with (
+            torch.autocast("cuda", enabled=self.use_amp),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.use_cpu_bf16),
+        ):
             out = self.train_model(images, targets)
         assert isinstance(out, TrainingOutput)
         losses = dict(out.losses)
