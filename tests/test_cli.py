@@ -50,6 +50,20 @@ def test_eval_writes_protocol_keys_and_a_saved_results_file_scores_the_same(
         assert res2[key] == pytest.approx(res[key], abs=1e-6)
 
 
+def test_eval_with_ground_truth_boxes_scores_identification_alone(
+    tiny_world: Path, small_weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gt.json"
+    args = ["eval", "--data", str(tiny_world), "--gallery-size", "50", "--weights", str(small_weights)]
+    assert main([*args, "--gt-boxes", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["gallery_boxes"] == "annotated"
+    assert res["det_recall"] == pytest.approx(1.0)  # every annotated person is in the gallery, found by definition
+    assert 0.0 <= res["mAP"] <= 1.0
+    # A saved results file holds detections, not a model to embed the annotated boxes with.
+    assert main(["eval", "--data", str(tiny_world), "--results", str(tmp_path / "r.npz"), "--gt-boxes"]) == 2
+
+
 def test_eval_reports_a_missing_dataset_as_an_error_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
