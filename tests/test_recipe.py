@@ -27,9 +27,11 @@ SMALL = {
 
 def test_recipe_runs_every_step_for_both_losses_and_resumes_by_skipping(tiny_world: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    summary = run_recipe(
-        tiny_world, runs, scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL
-    )
+    kwargs = dict(scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL)
+    first = run_recipe(tiny_world, runs, losses=("oim",), **kwargs)  # type: ignore[arg-type]
+    assert set(first["results"]) == {"untrained", "oim"}
+    # The baseline in a second run: the comparison holds both losses, and the first run's timings stay.
+    summary = run_recipe(tiny_world, runs, losses=("softmax",), **kwargs)  # type: ignore[arg-type]
     assert summary["steps"] == RecipeSteps().scaled(SCALE).__dict__
     for path in ("pretrain/r18-crops.pt", "pretrain/r18-roi.pt", "oim-r18-synth/model_final.pt",
                  "softmax-r18-synth/model_final.pt", "oim-r18-synth-ft/model_final.pt",
@@ -39,21 +41,23 @@ def test_recipe_runs_every_step_for_both_losses_and_resumes_by_skipping(tiny_wor
     config = read_weights(runs / "softmax-r18-synth-ft" / "model_final.pt")["meta"]["train_config"]
     assert config["loss"]["kind"] == "softmax" and config["init_weights"].endswith("softmax-r18-synth/model_final.pt")
     assert set(summary["results"]) == {"untrained", "oim", "softmax"}
+    assert summary["results"]["oim"] == first["results"]["oim"]
     for result in summary["results"].values():
-        assert set(result) >= {"mAP", "top1", "top5", "top10", "det_ap", "det_recall"}
+        assert set(result) >= {"mAP", "top1", "top5", "top10", "det_ap", "det_recall", "gt_mAP", "gt_top1"}
         assert result["gallery_size"] == 50
     assert json.loads((runs / "recipe.json").read_text())["results"] == summary["results"]
     table = format_comparison(summary)
-    assert table.count("\n") == 4 and "| softmax |" in table
+    assert table.count("\n") == 4 and "| softmax |" in table and "gt_mAP" in table
     assert set(summary["seconds"]) == {"pretrain_crops", "pretrain_roi", "oim_joint", "oim_finetune",
                                        "softmax_joint", "softmax_finetune"}  # fmt: skip
+    assert summary["seconds"]["oim_joint"] == first["seconds"]["oim_joint"]
     # Run again: every step's output is there, so nothing is trained twice and the figures are the same.
-    again = run_recipe(
-        tiny_world, runs, scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL
-    )
+    finals = sorted(runs.glob("*/model_final.pt")) + sorted(runs.glob("pretrain/*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in finals]
+    again = run_recipe(tiny_world, runs, **kwargs)  # type: ignore[arg-type]
     assert again["results"] == summary["results"]  # the evaluations are cached beside the weights too
-    assert all(v == 0.0 for k, v in again["seconds"].items() if k.endswith(("joint", "finetune")))
-    assert "pretrain_crops" not in again["seconds"]
+    assert again["seconds"] == summary["seconds"]
+    assert [p.stat().st_mtime_ns for p in finals] == stamps
 
 
 def test_recipe_refuses_unknown_losses_and_a_missing_dataset(tmp_path: Path, tiny_world: Path) -> None:
