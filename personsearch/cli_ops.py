@@ -104,14 +104,21 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
                 raise
             print(person.model_dump_json(indent=2))
         elif args.action == "re-embed":
+            rejections = sum(len(p.rejections) for p in wl.list())
             persons = wl.reembed(settings.engine.load())
-            print(f"re-embedded {sum(len(p.photos) for p in persons)} photos of {len(persons)} persons")
+            print(
+                f"re-embedded {sum(len(p.photos) for p in persons)} photos of {len(persons)} persons"
+                + (f"; dropped {rejections} rejections (detections of the old model)" if rejections else "")
+            )
         elif args.action == "list":
             persons = wl.list()
             for p in persons:
                 default = f"{match_threshold(settings):.2f}*"
                 thr = f"{p.threshold:.2f}" if p.threshold is not None else default
-                print(f"{p.person_id:<20} {p.name:<24} photos {len(p.photos):<3} threshold {thr:<6} {p.notes}")
+                print(
+                    f"{p.person_id:<20} {p.name:<24} photos {len(p.photos):<3} rejections {len(p.rejections):<3} "
+                    f"threshold {thr:<6} {p.notes}"
+                )
             print("no one on the watchlist" if not persons else "(* the default threshold)")
         elif args.action == "show":
             print(wl.get(args.person_id).model_dump_json(indent=2))
@@ -124,6 +131,9 @@ def cmd_watchlist(args: argparse.Namespace) -> int:
         elif args.action == "remove-photo":
             wl.remove_photo(args.person_id, args.photo_id)
             print(f"photo {args.photo_id} of {args.person_id} removed")
+        elif args.action == "remove-rejection":
+            wl.remove_rejection(args.person_id, args.alert_id)
+            print(f"rejection of alert {args.alert_id} removed from {args.person_id}")
         else:
             wl.delete(args.person_id)
             print(f"{args.person_id} removed from the watchlist with every photo and embedding")
@@ -152,6 +162,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _alert_line(a: Any) -> str:
     ack = f"  ack by {a.acknowledged_by or '?'}" if a.acknowledged else ""
+    ack += " (false match)" if a.false_match else ""
     latency = f"{1000 * (a.alerted_ts - a.capture_ts):.0f} ms" if a.alerted_ts else "-"
     return (
         f"{_when(a.capture_ts)}  {a.alert_id}  {a.person_id} ({a.person_name})  {a.camera}  score {a.score:.2f}  "
@@ -162,6 +173,7 @@ def _alert_line(a: Any) -> str:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from personsearch.streams import AlertMessage, decode
     from watchlist.alerts import AlertLog, AlertRecord
+    from watchlist.feedback import acknowledge_alert
 
     with _session(args) as (_, r, keys):
         log = AlertLog(r, keys)
@@ -173,7 +185,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             if not alerts:
                 print("no alerts")
         elif args.action == "ack":
-            print(_alert_line(log.acknowledge(args.alert_id, by=args.by, note=args.note or "")))
+            note = args.note or ""
+            print(_alert_line(acknowledge_alert(r, keys, args.alert_id, args.by, note, args.false_match)))
         elif args.action == "snapshot":
             Path(args.out).write_bytes(log.snapshot(args.alert_id))
             print(f"snapshot of {args.alert_id} written to {args.out}")
@@ -325,6 +338,9 @@ def add_commands(sub: Any) -> None:
     wrp = ws.add_parser("remove-photo", help="delete one photo and its embedding")
     wrp.add_argument("person_id")
     wrp.add_argument("photo_id")
+    wrr = ws.add_parser("remove-rejection", help="take back a rejection (an alert acknowledged as a false match)")
+    wrr.add_argument("person_id")
+    wrr.add_argument("alert_id")
     wr = ws.add_parser("remove", help="delete a person, their photos and embeddings")
     wr.add_argument("person_id")
     w.set_defaults(func=cmd_watchlist)
@@ -345,6 +361,10 @@ def add_commands(sub: Any) -> None:
     aa.add_argument("alert_id")
     aa.add_argument("--by", default="cli")
     aa.add_argument("--note")
+    aa.add_argument(
+        "--false-match", action="store_true",
+        help="it was someone else: their detection stops matching the person (a rejection, see `watchlist show`)",
+    )  # fmt: skip
     asn = asub.add_parser("snapshot", help="save an alert's snapshot")
     asn.add_argument("alert_id")
     asn.add_argument("out")

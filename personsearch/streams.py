@@ -145,6 +145,11 @@ class Keys:
         """Hash: alert id -> JPEG snapshot."""
         return f"{self.prefix}:alerts:snapshots"
 
+    @property
+    def alert_embeddings(self) -> str:
+        """Hash: alert id -> float32 unit embedding of the snapshot's detection (for "not this person" feedback)."""
+        return f"{self.prefix}:alerts:embeddings"
+
     def alert_cooldown(self, person_id: str, camera_id: str) -> str:
         """Set with a TTL while (person, camera) is cooling down after an alert."""
         return f"{self.prefix}:alerts:cooldown:{person_id}:{camera_id}"
@@ -371,6 +376,7 @@ class AlertMessage(Message):
     tracklet_id: str | None = None
     model: str = ""
     snapshot: bytes = b""
+    embedding: bytes = b""  # float32 unit embedding of the snapshot's detection (little-endian)
 
     @property
     def key(self) -> str:
@@ -378,7 +384,7 @@ class AlertMessage(Message):
 
     @classmethod
     def blob_fields(cls) -> tuple[str, ...]:
-        return ("snapshot",)
+        return ("snapshot", "embedding")
 
 
 # -- producing ---------------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_openapi_documents_every_endpoint_with_models_and_errors(api: Api) -> No
         "/health", "/ready", "/metrics",
         "/cameras", "/cameras/{camera_id}",
         "/watchlist", "/watchlist/{person_id}", "/watchlist/{person_id}/photos",
-        "/watchlist/{person_id}/photos/{photo_id}",
+        "/watchlist/{person_id}/photos/{photo_id}", "/watchlist/{person_id}/rejections/{alert_id}",
         "/alerts", "/alerts/stream", "/alerts/{alert_id}", "/alerts/{alert_id}/ack", "/alerts/{alert_id}/snapshot",
         "/search", "/tracklets/{tracklet_id}/snapshot",
         "/webhooks", "/webhooks/{webhook_id}",
@@ -401,6 +401,33 @@ def test_alerts_can_be_listed_filtered_acknowledged_and_their_snapshots_fetched(
     shot = c.get("/alerts/a1/snapshot")
     assert shot.status_code == 200 and shot.content == snap and shot.headers["content-type"] == "image/jpeg"
     assert c.get("/alerts/a2/snapshot").status_code == 404
+
+
+def test_a_false_match_acknowledgement_becomes_a_rejection_of_the_person(api: Api) -> None:
+    c = api.client
+    assert add_person(api, "case-9", [jpeg(1)], boxes=[[10, 10, 100, 200]]).status_code == 201
+    (stored,) = api.r.hvals(api.keys.watchlist_embeddings)
+    lookalike = np.frombuffer(stored, "<f4")[::-1].copy()  # some other unit vector of the same model
+    msg = alert("f1", "case-9", "gate", 1000.0).model_copy(
+        update={"model": api.engine.model_name, "embedding": lookalike.tobytes()}
+    )
+    assert raise_alert(api.r, api.keys, msg, cooldown_s=60)
+    assert raise_alert(api.r, api.keys, alert("f2", "case-9", "lobby", 1001.0), cooldown_s=60)  # no embedding
+
+    acked = c.post("/alerts/f1/ack", json={"note": "not her", "false_match": True})
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["false_match"] is True and acked.json()["acknowledged"] is True
+    (rejection,) = c.get("/watchlist/case-9").json()["rejections"]
+    assert rejection["alert_id"] == "f1" and rejection["camera"] == "gate" and rejection["added_by"] == api.key_name
+    assert np.allclose(np.frombuffer(api.r.hget(api.keys.watchlist_embeddings, "case-9/rejected:f1"), "<f4"), lookalike)
+    refused = c.post("/alerts/f2/ack", json={"false_match": True})
+    assert refused.status_code == 409 and "no stored embedding" in refused.json()["detail"]
+    assert c.post("/alerts/f1/ack", json={"false_match": "maybe"}).status_code == 422
+
+    taken_back = c.delete("/watchlist/case-9/rejections/f1")
+    assert taken_back.status_code == 200 and taken_back.json()["rejections"] == []
+    assert not api.r.hexists(api.keys.watchlist_embeddings, "case-9/rejected:f1")
+    assert c.delete("/watchlist/case-9/rejections/f1").status_code == 404
 
 
 def read_event(lines: Iterator[str]) -> dict[str, str]:

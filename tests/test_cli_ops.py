@@ -11,8 +11,10 @@ import yaml
 from personsearch.auth import ApiKeyStore
 from personsearch.cli import main
 from personsearch.streams import AlertMessage, Keys
+from tests.test_watchlist import ColourEngine, photo, unit
 from watchlist.alerts import AlertLog, raise_alert
 from watchlist.delivery import WebhookRegistry
+from watchlist.store import PhotoInput, Watchlist
 
 
 @pytest.fixture
@@ -96,3 +98,22 @@ def test_alerts_are_listed_filtered_acknowledged_and_their_snapshot_saved(  # ty
     assert run(capsys, "alerts", "snapshot", "a2", str(snap), "--config", c)[0] == 0
     assert snap.read_bytes() == b"\xff\xd8x"
     assert run(capsys, "alerts", "ack", "nope", "--config", c)[0] == 2
+
+
+def test_a_false_match_is_acknowledged_and_taken_back_from_the_command_line(config: Path, r, keys, capsys) -> None:  # type: ignore[no-untyped-def]
+    c = str(config)
+    Watchlist(r, keys).add(ColourEngine(), "p1", [PhotoInput(photo(1))])
+    for alert_id, camera, embedding in (("a1", "gate", unit(2).tobytes()), ("a2", "lobby", b"")):
+        alert = AlertMessage(
+            alert_id=alert_id, person_id="p1", camera=camera, capture_ts=100.0, score=0.8, box=(1.0, 2.0, 30.0, 80.0),
+            model="test-model", embedding=embedding,
+        )  # fmt: skip
+        assert raise_alert(r, keys, alert, cooldown_s=60)
+    code, out = run(capsys, "alerts", "ack", "a1", "--false-match", "--config", c)
+    assert code == 0 and "(false match)" in out
+    assert [x.alert_id for x in Watchlist(r, keys).get("p1").rejections] == ["a1"]
+    assert "rejections 1" in run(capsys, "watchlist", "list", "--config", c)[1]
+    assert run(capsys, "alerts", "ack", "a2", "--false-match", "--config", c)[0] == 2  # no stored embedding
+    assert run(capsys, "watchlist", "remove-rejection", "p1", "a1", "--config", c)[0] == 0
+    assert Watchlist(r, keys).get("p1").rejections == []
+    assert run(capsys, "watchlist", "remove-rejection", "p1", "a1", "--config", c)[0] == 2

@@ -13,6 +13,7 @@ from PIL import Image
 from detector.engine import Detections, Engine
 from personsearch.streams import AlertMessage, DetectionMessage, Groups, Keys, decode, publish
 from watchlist.alerts import AlertLog, raise_alert
+from watchlist.feedback import acknowledge_alert
 from watchlist.matcher import MatcherOptions, MatcherService
 from watchlist.store import PhotoError, PhotoInput, Watchlist, WatchlistError, decode_photo
 
@@ -82,8 +83,9 @@ def test_add_get_update_and_delete_a_person(r, keys: Keys) -> None:  # type: ign
     p = wl.add(engine, "alice", [PhotoInput(photo(1), (5, 5, 40, 100)), PhotoInput(photo(2))], name="Alice")
     assert [ph.box for ph in p.photos] == [(5.0, 5.0, 40.0, 100.0), (10.0, 10.0, 50.0, 90.0)]
     assert wl.get("alice") == p and [x.person_id for x in wl.list()] == ["alice"] and p.model == "test-model"
-    _, matrix, owner = wl.embeddings()
-    assert matrix.shape == (2, D) and owner.tolist() == [0, 0] and np.allclose(matrix[0], unit(1))
+    emb = wl.embeddings()
+    assert emb.photos.shape == (2, D) and emb.photo_owner.tolist() == [0, 0] and np.allclose(emb.photos[0], unit(1))
+    assert emb.rejections.size == 0
     data, mime = wl.photo("alice", p.photos[0].photo_id)
     assert data == photo(1) and mime == "image/jpeg"
 
@@ -94,7 +96,7 @@ def test_add_get_update_and_delete_a_person(r, keys: Keys) -> None:  # type: ign
         wl.update("alice", threshold=3.0)
 
     p = wl.remove_photo("alice", p.photos[1].photo_id)
-    assert len(p.photos) == 1 and wl.embeddings()[1].shape == (1, D)
+    assert len(p.photos) == 1 and wl.embeddings().photos.shape == (1, D)
     with pytest.raises(WatchlistError, match="only photo") as e:
         wl.remove_photo("alice", p.photos[0].photo_id)
     assert e.value.status == 409
@@ -105,8 +107,19 @@ def test_add_get_update_and_delete_a_person(r, keys: Keys) -> None:  # type: ign
         def embed(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
             return np.roll(super().embed(image, boxes), 1, axis=1)
 
+    # A rejection (a detection marked as not alice) is kept beside the photos; re-embedding drops it (old model).
+    p = wl.reject("alice", "a1", unit(3), camera="cam0", score=0.8, model="test-model", by="ops")
+    assert wl.reject("alice", "a1", unit(3), camera="cam0", score=0.8, model="test-model") == p  # idempotent
+    emb = wl.embeddings()
+    assert [x.alert_id for x in p.rejections] == ["a1"] and np.allclose(emb.rejections, [unit(3)])
+    assert emb.rejection_owner.tolist() == [0]
+    with pytest.raises(WatchlistError, match="embedded with") as e:
+        wl.reject("alice", "a2", unit(3), camera="cam0", score=0.8, model="other-model")
+    assert e.value.status == 409
     (p,) = wl.reembed(Rotated())
-    assert p.model == "other-model" and np.allclose(wl.embeddings()[1][0], unit(2))
+    assert p.model == "other-model" and np.allclose(wl.embeddings().photos[0], unit(2))
+    assert p.rejections == [] and wl.embeddings().rejections.size == 0 and r.hlen(keys.watchlist_embeddings) == 1
+    wl.reject("alice", "a3", unit(4), camera="cam0", score=0.8, model="other-model")
 
     wl.delete("alice")
     assert wl.list() == [] and not r.hlen(keys.watchlist_embeddings) and not r.hlen(keys.watchlist_photos)
@@ -258,6 +271,44 @@ def test_deleting_a_person_stops_their_alerts(r, keys: Keys, matcher: MatcherSer
     frames = [detection("cam0", i, [(walk(0, i), unit(1))]) for i in range(1, 8)]
     assert feed(r, keys, matcher, frames) == []
     assert [p.person_id for p in matcher.persons] == ["bob"]
+
+
+def test_a_false_match_stops_that_look_alike_but_not_the_person(r, keys: Keys, matcher: MatcherService) -> None:  # type: ignore[no-untyped-def]
+    # Someone who looks like alice (cosine 0.86 to her photo, over her threshold 0.7) pages on cam0.
+    lookalike = unit(1) + 0.6 * unit(6)
+    lookalike /= np.linalg.norm(lookalike)
+
+    def walker(camera: str, who: np.ndarray) -> list[DetectionMessage]:
+        return [detection(camera, i, [(walk(0, i), who)]) for i in range(1, 6)]
+
+    (a,) = feed(r, keys, matcher, walker("cam0", lookalike))
+    assert a.person_id == "alice" and np.allclose(np.frombuffer(a.embedding, "<f4"), lookalike)
+    assert np.allclose(AlertLog(r, keys).embedding(a.alert_id), lookalike)
+    # The operator says it was someone else: the detection becomes a rejection of alice.
+    rec = acknowledge_alert(r, keys, a.alert_id, by="ops", note="her sister", false_match=True)
+    assert rec.false_match and rec.acknowledged and rec.note == "her sister"
+    (rej,) = Watchlist(r, keys).get("alice").rejections
+    assert (rej.alert_id, rej.camera, rej.added_by) == (a.alert_id, "cam0", "ops")
+    matcher.reload(force=True)
+    # The look-alike on another camera now matches the rejection better than alice's photo: no alert ...
+    assert len(feed(r, keys, matcher, walker("cam1", lookalike))) == 1
+    # ... while alice herself still pages (cosine 1.0 to her photo, 0.86 to the rejection: beyond the margin).
+    alerts = feed(r, keys, matcher, walker("cam2", unit(1)))
+    assert [(x.camera, x.person_id) for x in alerts] == [("cam0", "alice"), ("cam2", "alice")]
+    # Acknowledging again without the flag takes the rejection back: the look-alike pages again.
+    assert not acknowledge_alert(r, keys, a.alert_id, by="ops").false_match
+    assert Watchlist(r, keys).get("alice").rejections == []
+    matcher.reload(force=True)
+    assert [x.camera for x in feed(r, keys, matcher, walker("cam3", lookalike))][-1] == "cam3"
+    # An alert without a stored embedding cannot be rejected; a deleted person's alert is simply acknowledged.
+    raise_alert(r, keys, AlertMessage(alert_id="old", person_id="bob", camera="c", capture_ts=1, score=0.9,
+                                      box=(0, 0, 1, 2)), cooldown_s=1)  # fmt: skip
+    with pytest.raises(WatchlistError, match="no stored embedding") as e:
+        acknowledge_alert(r, keys, "old", false_match=True)
+    assert e.value.status == 409 and not AlertLog(r, keys).get("old").acknowledged
+    Watchlist(r, keys).delete("alice")
+    assert acknowledge_alert(r, keys, a.alert_id, false_match=True).false_match
+    assert r.hlen(keys.watchlist_embeddings) == 1  # bob's photo
 
 
 def test_alert_log_filters_acknowledges_and_trims(r, keys: Keys) -> None:  # type: ignore[no-untyped-def]

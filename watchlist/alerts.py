@@ -3,34 +3,38 @@
 ``raise_alert`` is one Lua script: if the (person, camera) pair is not cooling down it starts the cooldown, appends the
 alert to the alerts stream (read by webhook delivery and live clients) and records it in the audit log (a hash of
 AlertRecord JSON, a sorted set by capture time, and the snapshot JPEG). Because the cooldown key is set in the same
-script, a matcher that re-handles a frame after a crash cannot raise the same alert twice.
+script, a matcher that re-handles a frame after a crash cannot raise the same alert twice. The embedding of the
+snapshot's detection is kept beside the snapshot, so that an operator can tell the matcher "not this person"
+(``watchlist.feedback``).
 
 The audit log can be listed and filtered (person, camera, time range, acknowledged or not), and alerts acknowledged
-(who, when, a note). ``trim`` deletes records older than the retention window.
+(who, when, a note, whether it was a false match). ``trim`` deletes records older than the retention window.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import redis
 from pydantic import BaseModel, Field
 
 from personsearch.streams import AlertMessage, Keys
 
-# KEYS: cooldown, alerts stream, log hash, time zset, snapshots hash.
-# ARGV: cooldown ms, stream maxlen, alert id, capture ts, record JSON, snapshot, field/value pairs of the message...
+# KEYS: cooldown, alerts stream, log hash, time zset, snapshots hash, embeddings hash.
+# ARGV: cooldown ms, stream maxlen, alert id, capture ts, record JSON, snapshot, embedding, field/value pairs...
 _RAISE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[1]))
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[2]), '*', unpack(fields))
 local record = string.gsub(ARGV[5], '"stream_id":""', '"stream_id":"' .. id .. '"', 1)
 redis.call('HSET', KEYS[3], ARGV[3], record)
 redis.call('ZADD', KEYS[4], tonumber(ARGV[4]), ARGV[3])
 if #ARGV[6] > 0 then redis.call('HSET', KEYS[5], ARGV[3], ARGV[6]) end
+if #ARGV[7] > 0 then redis.call('HSET', KEYS[6], ARGV[3], ARGV[7]) end
 return 1
 """
 
@@ -58,10 +62,11 @@ class AlertRecord(BaseModel):
     acknowledged_by: str | None = None
     acknowledged_at: float | None = None
     note: str = ""
+    false_match: bool = Field(default=False, description="acknowledged as not being the person")
 
     @classmethod
     def from_message(cls, msg: AlertMessage) -> AlertRecord:
-        return cls(**msg.model_dump(exclude={"v", "snapshot"}), has_snapshot=bool(msg.snapshot))
+        return cls(**msg.model_dump(exclude={"v", "snapshot", "embedding"}), has_snapshot=bool(msg.snapshot))
 
 
 class AlertNotFoundError(KeyError):
@@ -81,11 +86,11 @@ def raise_alert(
     done = script(
         keys=[
             keys.alert_cooldown(alert.person_id, alert.camera), keys.alerts, keys.alert_log, keys.alert_times,
-            keys.alert_snapshots,
+            keys.alert_snapshots, keys.alert_embeddings,
         ],
         args=[
             max(1, int(cooldown_s * 1000)), stream_maxlen, alert.alert_id, alert.capture_ts,
-            record.model_dump_json(), alert.snapshot, *fields,
+            record.model_dump_json(), alert.snapshot, alert.embedding, *fields,
         ],
     )  # fmt: skip
     return bool(done)
@@ -108,6 +113,11 @@ class AlertLog:
         if data is None:
             raise AlertNotFoundError(f"alert {alert_id!r} has no snapshot")
         return data  # type: ignore[return-value]
+
+    def embedding(self, alert_id: str) -> np.ndarray | None:
+        """The unit embedding of the alert's snapshot detection, or None (an alert raised without one)."""
+        data = self.r.hget(self.keys.alert_embeddings, alert_id)
+        return None if data is None else np.frombuffer(data, dtype="<f4").astype(np.float32)  # type: ignore[arg-type]
 
     def list(
         self,
@@ -147,8 +157,8 @@ class AlertLog:
                     break
         return out
 
-    def acknowledge(self, alert_id: str, by: str = "", note: str = "") -> AlertRecord:
-        """Mark an alert as handled (again: the latest acknowledgement wins)."""
+    def acknowledge(self, alert_id: str, by: str = "", note: str = "", false_match: bool = False) -> AlertRecord:
+        """Mark an alert as handled (again: the latest acknowledgement wins); ``false_match``: it was someone else."""
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -162,6 +172,7 @@ class AlertLog:
                             "acknowledged_by": by,
                             "acknowledged_at": time.time(),
                             "note": note,
+                            "false_match": false_match,
                         }
                     )
                     pipe.multi()
@@ -183,6 +194,7 @@ class AlertLog:
         pipe.zrem(self.keys.alert_times, *ids)  # type: ignore[misc]
         pipe.hdel(self.keys.alert_log, *ids)  # type: ignore[misc]
         pipe.hdel(self.keys.alert_snapshots, *ids)  # type: ignore[misc]
+        pipe.hdel(self.keys.alert_embeddings, *ids)  # type: ignore[misc]
         pipe.execute()
         return len(ids)  # type: ignore[arg-type]
 

@@ -230,8 +230,9 @@ def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float =
 
 
 def alert_payload(alert: AlertMessage) -> dict[str, Any]:
-    """The JSON body of an alert webhook: the alert without its snapshot bytes, and where to fetch the snapshot."""
-    body = alert.model_dump(mode="json", exclude={"snapshot"})
+    """The JSON body of an alert webhook: the alert without its snapshot and embedding bytes, and where to fetch the
+    snapshot."""
+    body = alert.model_dump(mode="json", exclude={"snapshot", "embedding"})
     body.update(event="alert", snapshot_url=f"/alerts/{alert.alert_id}/snapshot")
     return body
 

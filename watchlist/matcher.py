@@ -3,7 +3,9 @@
 It reads the detections stream in its own consumer group (``watchlist``), links each camera's detections into
 tracklets with the same linker as the tracker (index/tracker.py), and scores every detection against every photo of
 every watchlist person (cosine of unit embeddings; a person's score is their best photo). A frame *votes* for the
-person it matches best when that score reaches the person's threshold and beats the runner-up by ``margin``.
+person it matches best when that score reaches the person's threshold and beats the runner-up by ``margin``. The
+person's rejections (detections an operator marked as someone else, ``watchlist.feedback``) compete as runners-up
+too: a detection about as close to a rejected look-alike as to the person's photos does not vote.
 
 An alert needs consensus: ``consensus_frames`` votes for one person among a tracklet's last ``window_frames`` frames,
 so one look-alike frame never pages anyone. A tracklet alerts at most once per person, and (person, camera) then
@@ -77,6 +79,7 @@ class _Vote:
     score: float
     box: tuple[float, float, float, float]
     crop: bytes
+    embedding: np.ndarray
 
 
 @dataclass
@@ -113,6 +116,8 @@ class MatcherService:
         self.persons: list[Person] = []
         self.matrix = np.zeros((0, 0), np.float32)
         self.owner = np.zeros(0, np.int64)
+        self.rejections = np.zeros((0, 0), np.float32)
+        self.rejection_owner = np.zeros(0, np.int64)
         self.thresholds = np.zeros(0, np.float32)
 
     # -- watchlist --
@@ -126,8 +131,10 @@ class MatcherService:
         version = self.watchlist.version()
         if version == self._version and not force:
             return
-        persons, matrix, owner = self.watchlist.embeddings()
-        self.persons, self.matrix, self.owner, self._version = persons, matrix, owner, version
+        wl = self.watchlist.embeddings()
+        persons = wl.persons
+        self.persons, self.matrix, self.owner, self._version = persons, wl.photos, wl.photo_owner, version
+        self.rejections, self.rejection_owner = wl.rejections, wl.rejection_owner
         self.thresholds = np.array(
             [p.threshold if p.threshold is not None else self.opt.default_threshold for p in persons], np.float32
         )
@@ -135,23 +142,34 @@ class MatcherService:
         for state in self.tracks.values():
             state.votes.clear()
         PERSONS.set(len(persons))
-        logger.info("watchlist v%d: %d persons, %d photos", version, len(persons), len(matrix))
+        logger.info(
+            "watchlist v%d: %d persons, %d photos, %d rejections", version, len(persons), len(self.matrix),
+            len(self.rejections),
+        )  # fmt: skip
 
     def person_scores(self, embeddings: np.ndarray, model: str) -> np.ndarray:
         """(N, D) detection embeddings -> (N, P) best-photo cosine per person (-inf for another model's person)."""
-        n, p = len(embeddings), len(self.persons)
-        if n == 0 or p == 0 or self.matrix.size == 0:
-            return np.full((n, p), -np.inf, np.float32)
-        if embeddings.shape[1] != self.matrix.shape[1]:
-            self._warn_model(model, f"embedding size {embeddings.shape[1]} != watchlist {self.matrix.shape[1]}")
-            return np.full((n, p), -np.inf, np.float32)
-        sims = embeddings.astype(np.float32) @ self.matrix.T  # (N, M)
-        scores = np.full((n, p), -np.inf, np.float32)
-        np.maximum.at(scores.T, self.owner, sims.T)
+        scores = self._best_per_person(embeddings, self.matrix, self.owner, model)
         for i, person in enumerate(self.persons):
             if person.model and model and person.model != model:
                 self._warn_model(model, f"{person.person_id} was embedded with {person.model}")
                 scores[:, i] = -np.inf
+        return scores
+
+    def rejection_scores(self, embeddings: np.ndarray, model: str) -> np.ndarray:
+        """(N, D) detection embeddings -> (N, P) cosine to each person's closest rejection (-inf: none)."""
+        return self._best_per_person(embeddings, self.rejections, self.rejection_owner, model)
+
+    def _best_per_person(self, embeddings: np.ndarray, matrix: np.ndarray, owner: np.ndarray, model: str) -> np.ndarray:
+        n, p = len(embeddings), len(self.persons)
+        scores = np.full((n, p), -np.inf, np.float32)
+        if n == 0 or p == 0 or matrix.size == 0:
+            return scores
+        if embeddings.shape[1] != matrix.shape[1]:
+            self._warn_model(model, f"embedding size {embeddings.shape[1]} != watchlist {matrix.shape[1]}")
+            return scores
+        sims = embeddings.astype(np.float32) @ matrix.T  # (N, M)
+        np.maximum.at(scores.T, owner, sims.T)
         return scores
 
     def _warn_model(self, model: str, why: str) -> None:
@@ -174,6 +192,7 @@ class MatcherService:
             return []
         emb = np.asarray(msg.embeddings, np.float32).reshape(len(msg.boxes), -1)
         scores = self.person_scores(emb, msg.model)
+        rejected = self.rejection_scores(emb, msg.model)
         alerts = []
         for j, tid in enumerate(linker.assigned):
             if tid is None:
@@ -181,11 +200,11 @@ class MatcherService:
             state = self.tracks.get(tid)
             if state is None:
                 state = self.tracks[tid] = _TrackState(msg.capture_ts, deque(maxlen=self.opt.window_frames))
-            vote = self._vote(scores[j], msg.scores[j])
+            vote = self._vote(scores[j], rejected[j], msg.scores[j])
             crop = msg.crops[j] if j < len(msg.crops) else b""
             state.votes.append(
                 _Vote(msg.seq, msg.capture_ts, msg.media_ts, vote, float(scores[j][vote]) if vote >= 0 else 0.0,
-                      msg.boxes[j], crop)
+                      msg.boxes[j], crop, emb[j])
             )  # fmt: skip
             if vote < 0:
                 continue
@@ -203,20 +222,21 @@ class MatcherService:
                         capture_ts=msg.capture_ts, media_ts=msg.media_ts, first_seen_ts=state.first_ts,
                         alerted_ts=time.time(), score=float(np.mean([v.score for v in mine])), frames=len(mine),
                         box=tuple(map(float, msg.boxes[j])), tracklet_id=tid, model=msg.model,  # type: ignore[arg-type]
-                        snapshot=best.crop or crop,
+                        snapshot=best.crop or crop, embedding=np.asarray(best.embedding, "<f4").tobytes(),
                     )
                 )  # fmt: skip
         return alerts
 
-    def _vote(self, scores: np.ndarray, det_score: float) -> int:
-        """The person this detection votes for, or -1."""
+    def _vote(self, scores: np.ndarray, rejected: np.ndarray, det_score: float) -> int:
+        """The person this detection votes for, or -1 (``rejected``: its cosine to each person's closest rejection)."""
         if det_score < self.opt.min_det_score or len(scores) == 0:
             return -1
         order = np.argsort(-scores)
         best = int(order[0])
         if not scores[best] >= self.thresholds[best]:
             return -1
-        if len(order) > 1 and scores[best] - scores[int(order[1])] < self.opt.margin:
+        runner_up = max(float(scores[int(order[1])]) if len(order) > 1 else -np.inf, float(rejected[best]))
+        if scores[best] - runner_up < self.opt.margin:
             return -1
         return best
 

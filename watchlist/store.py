@@ -4,6 +4,11 @@ Redis is the store so that the API, the CLI and every matcher process see one wa
 ``Keys.watchlist_version`` changes. A person is written in one MULTI/EXEC transaction after every photo has been
 decoded and embedded, so a bad photo in an upload leaves nothing half-written.
 
+A person also keeps *rejections*: detections an operator marked as not being them (an alert acknowledged as a false
+match, ``watchlist.feedback``). The matcher holds a person's rejections against their photos: a detection at least as
+close to a rejection as to the photos (within the vote margin) does not vote for them, so the look-alike that paged
+once does not page again.
+
 Photo rules (each refusal is a ``PhotoError`` carrying an HTTP status and the reason):
 - larger than ``max_photo_bytes``: 413; not an image: 415; an image that cannot be decoded (truncated, corrupt): 422;
 - without a box the photo must show exactly one person (detected by the same network), else 422 with the boxes found;
@@ -18,7 +23,7 @@ import io
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +84,16 @@ class Photo(BaseModel):
     added_at: float
 
 
+class Rejection(BaseModel):
+    """A detection that is not this person: the snapshot detection of an alert acknowledged as a false match."""
+
+    alert_id: str
+    camera: str
+    score: float = Field(description="the alert's score (cosine to the person's photos)")
+    added_at: float
+    added_by: str = ""
+
+
 class Person(BaseModel):
     """A watchlist entry."""
 
@@ -90,6 +105,20 @@ class Person(BaseModel):
     created_at: float
     updated_at: float
     photos: list[Photo] = Field(default_factory=list)
+    rejections: list[Rejection] = Field(
+        default_factory=list, description="detections marked as not this person (alerts acknowledged as false matches)"
+    )
+
+
+@dataclass(frozen=True)
+class WatchlistEmbeddings:
+    """The matcher's view of the watchlist: persons, their photos' and their rejections' unit embeddings."""
+
+    persons: list[Person]
+    photos: np.ndarray  # (M, D) float32
+    photo_owner: np.ndarray  # (M,) index into persons
+    rejections: np.ndarray  # (K, D) float32
+    rejection_owner: np.ndarray  # (K,) index into persons
 
 
 @dataclass(frozen=True)
@@ -162,8 +191,8 @@ class Watchlist:
     def version(self) -> int:
         return int(self.r.get(self.keys.watchlist_version) or 0)  # type: ignore[arg-type]
 
-    def embeddings(self) -> tuple[builtins.list[Person], np.ndarray, np.ndarray]:
-        """Every person, and the (M, D) unit embeddings of all their photos with the (M,) index of each photo's person.
+    def embeddings(self) -> WatchlistEmbeddings:
+        """Every person with the unit embeddings of all their photos and rejections.
 
         Read in one transaction with the person records, so a concurrent change is seen whole or not at all.
         """
@@ -172,15 +201,21 @@ class Watchlist:
         pipe.hgetall(self.keys.watchlist_embeddings)
         persons_raw, embs_raw = pipe.execute()
         persons = sorted((Person.model_validate_json(v) for v in persons_raw.values()), key=lambda p: p.person_id)
-        rows, owner = [], []
-        for i, person in enumerate(persons):
-            for photo in person.photos:
-                blob = embs_raw.get(f"{person.person_id}/{photo.photo_id}".encode())
-                if blob is not None:
-                    rows.append(np.frombuffer(blob, dtype="<f4"))
-                    owner.append(i)
-        matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
-        return persons, matrix, np.asarray(owner, np.int64)
+
+        def gather(keys_of: Callable[[Person], builtins.list[str]]) -> tuple[np.ndarray, np.ndarray]:
+            rows, owner = [], []
+            for i, person in enumerate(persons):
+                for key in keys_of(person):
+                    blob = embs_raw.get(key.encode())
+                    if blob is not None:
+                        rows.append(np.frombuffer(blob, dtype="<f4"))
+                        owner.append(i)
+            matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+            return matrix, np.asarray(owner, np.int64)
+
+        photos, photo_owner = gather(lambda p: [_photo_key(p.person_id, x.photo_id) for x in p.photos])
+        rejections, rejection_owner = gather(lambda p: [_rejection_key(p.person_id, x.alert_id) for x in p.rejections])
+        return WatchlistEmbeddings(persons, photos, photo_owner, rejections, rejection_owner)
 
     # -- writing --
 
@@ -262,8 +297,41 @@ class Watchlist:
         )
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.watchlist, person_id, person.model_dump_json())
-        pipe.hdel(self.keys.watchlist_embeddings, f"{person_id}/{photo_id}")
+        pipe.hdel(self.keys.watchlist_embeddings, _photo_key(person_id, photo_id))
         pipe.hdel(self.keys.watchlist_photos, photo_id)
+        pipe.incr(self.keys.watchlist_version)
+        pipe.execute()
+        return person
+
+    def reject(
+        self, person_id: str, alert_id: str, embedding: np.ndarray, *, camera: str, score: float, model: str,
+        by: str = "",
+    ) -> Person:  # fmt: skip
+        """Record that the detection behind ``alert_id`` (its unit ``embedding``) is not this person (idempotent)."""
+        person = self.get(person_id)
+        if any(x.alert_id == alert_id for x in person.rejections):
+            return person
+        if person.model and model and person.model != model:
+            raise WatchlistError(
+                f"alert {alert_id} was embedded with {model}, person {person_id!r} with {person.model}", 409
+            )
+        emb = np.ascontiguousarray(np.asarray(embedding, np.float32).ravel(), dtype="<f4")
+        rejection = Rejection(alert_id=alert_id, camera=camera, score=score, added_at=time.time(), added_by=by)
+        person = person.model_copy(update={"rejections": [*person.rejections, rejection], "updated_at": time.time()})
+        self._write(person, [], new=False, embeddings={_rejection_key(person_id, alert_id): emb})
+        return person
+
+    def remove_rejection(self, person_id: str, alert_id: str) -> Person:
+        """Forget a rejection: that detection may vote for the person again."""
+        person = self.get(person_id)
+        if all(x.alert_id != alert_id for x in person.rejections):
+            raise PersonNotFoundError(f"person {person_id!r} has no rejection of alert {alert_id!r}")
+        person = person.model_copy(
+            update={"rejections": [x for x in person.rejections if x.alert_id != alert_id], "updated_at": time.time()}
+        )
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.watchlist, person_id, person.model_dump_json())
+        pipe.hdel(self.keys.watchlist_embeddings, _rejection_key(person_id, alert_id))
         pipe.incr(self.keys.watchlist_version)
         pipe.execute()
         return person
@@ -274,8 +342,10 @@ class Watchlist:
         pipe = self.r.pipeline(transaction=True)
         pipe.hdel(self.keys.watchlist, person_id)
         for p in person.photos:
-            pipe.hdel(self.keys.watchlist_embeddings, f"{person_id}/{p.photo_id}")
+            pipe.hdel(self.keys.watchlist_embeddings, _photo_key(person_id, p.photo_id))
             pipe.hdel(self.keys.watchlist_photos, p.photo_id)
+        for x in person.rejections:
+            pipe.hdel(self.keys.watchlist_embeddings, _rejection_key(person_id, x.alert_id))
         pipe.incr(self.keys.watchlist_version)
         pipe.execute()
         return person
@@ -284,7 +354,7 @@ class Watchlist:
         """Embed every stored photo again with ``engine`` (after the model changed), all persons in one transaction.
 
         The photos' boxes are kept, so nothing is detected again. A photo that no longer decodes is an error and
-        nothing is written.
+        nothing is written. Rejections are dropped: they are detections embedded by the old network.
         """
         persons = self.list()
         updated, rows = [], []
@@ -295,11 +365,15 @@ class Watchlist:
                     raise WatchlistError(f"photo {photo.photo_id} of {person.person_id!r} is missing from Redis", 500)
                 image, _ = decode_photo(data, max(self.max_photo_bytes, len(data)))  # type: ignore[arg-type]
                 emb = engine.embed(image, np.asarray([photo.box], np.float32))[0]
-                rows.append((f"{person.person_id}/{photo.photo_id}", np.ascontiguousarray(emb, dtype="<f4")))
-            updated.append(person.model_copy(update={"model": engine.model_name, "updated_at": time.time()}))
+                rows.append((_photo_key(person.person_id, photo.photo_id), np.ascontiguousarray(emb, dtype="<f4")))
+            updated.append(
+                person.model_copy(update={"model": engine.model_name, "rejections": [], "updated_at": time.time()})
+            )
         pipe = self.r.pipeline(transaction=True)
-        for person in updated:
+        for old, person in zip(persons, updated, strict=True):
             pipe.hset(self.keys.watchlist, person.person_id, person.model_dump_json())
+            for x in old.rejections:
+                pipe.hdel(self.keys.watchlist_embeddings, _rejection_key(person.person_id, x.alert_id))
         for key, emb in rows:
             pipe.hset(self.keys.watchlist_embeddings, key, emb.tobytes())
         pipe.incr(self.keys.watchlist_version)
@@ -326,8 +400,15 @@ class Watchlist:
         )  # fmt: skip
         return meta, np.ascontiguousarray(emb, dtype="<f4"), photo.data
 
-    def _write(self, person: Person, prepared: Sequence[tuple[Photo, np.ndarray, bytes]], new: bool) -> None:
-        """Write the person record and the new photos atomically; ``new`` refuses an id taken meanwhile."""
+    def _write(
+        self,
+        person: Person,
+        prepared: Sequence[tuple[Photo, np.ndarray, bytes]],
+        new: bool,
+        embeddings: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write the person record, the new photos and ``embeddings`` atomically; ``new`` refuses an id taken
+        meanwhile."""
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -340,13 +421,24 @@ class Watchlist:
                     pipe.multi()
                     pipe.hset(self.keys.watchlist, person.person_id, person.model_dump_json())
                     for meta, emb, data in prepared:
-                        pipe.hset(self.keys.watchlist_embeddings, f"{person.person_id}/{meta.photo_id}", emb.tobytes())
+                        key = _photo_key(person.person_id, meta.photo_id)
+                        pipe.hset(self.keys.watchlist_embeddings, key, emb.tobytes())
                         pipe.hset(self.keys.watchlist_photos, meta.photo_id, data)
+                    for key, emb in (embeddings or {}).items():
+                        pipe.hset(self.keys.watchlist_embeddings, key, emb.tobytes())
                     pipe.incr(self.keys.watchlist_version)
                     pipe.execute()
                     return
                 except redis.WatchError:
                     continue
+
+
+def _photo_key(person_id: str, photo_id: str) -> str:
+    return f"{person_id}/{photo_id}"
+
+
+def _rejection_key(person_id: str, alert_id: str) -> str:
+    return f"{person_id}/rejected:{alert_id}"
 
 
 __all__ = [
@@ -356,7 +448,9 @@ __all__ = [
     "Photo",
     "PhotoError",
     "PhotoInput",
+    "Rejection",
     "Watchlist",
+    "WatchlistEmbeddings",
     "WatchlistError",
     "check_person_id",
     "decode_photo",

@@ -1,5 +1,7 @@
 """Alerts: the audit log (list, filter, acknowledge, snapshots) and the live stream as Server-Sent Events.
 
+Acknowledging an alert as a false match teaches the matcher (watchlist/feedback.py).
+
 The live stream reads the alerts stream with a plain XREAD BLOCK from a position of its own (no consumer group): every
 client sees every alert, and a client that reconnects with ``Last-Event-ID`` resumes where it left off, for as long as
 the stream still holds that entry.
@@ -20,6 +22,7 @@ from personsearch.api.errors import error_responses
 from personsearch.api.models import AckRequest, AlertView
 from personsearch.streams import AlertMessage, SchemaError, decode
 from watchlist.alerts import AlertRecord
+from watchlist.feedback import acknowledge_alert as acknowledge
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +119,18 @@ def get_alert(ctx: Ctx, alert_id: str) -> AlertView:
     "/{alert_id}/ack",
     summary="Acknowledge an alert",
     response_model=AlertView,
-    responses=error_responses(404, 422),
+    responses=error_responses(404, 409, 422),
 )
 def acknowledge_alert(ctx: Ctx, caller: Auth, alert_id: str, ack: AckRequest | None = None) -> AlertView:
-    """Recorded with the API key's name and the time; acknowledging again replaces the note."""
-    note = ack.note if ack is not None else ""
-    return AlertView.of(ctx.alerts.acknowledge(alert_id, by=caller.name, note=note))
+    """Recorded with the API key's name and the time; acknowledging again replaces the note and the verdict.
+
+    `false_match: true` also adds the alert's detection to the person's rejections, so that look-alike stops
+    matching them (see the person's `rejections`); acknowledging again without it takes the rejection back. 409 for
+    an alert without a stored embedding.
+    """
+    ack = ack or AckRequest()
+    record = acknowledge(ctx.r, ctx.keys, alert_id, by=caller.name, note=ack.note, false_match=ack.false_match)
+    return AlertView.of(record)
 
 
 @router.get(

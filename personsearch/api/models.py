@@ -117,6 +117,11 @@ class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     note: str = Field(default="", max_length=2000, description="what was done about it")
+    false_match: bool = Field(
+        default=False,
+        description="the alert was someone else: their detection becomes a rejection of the person, so that "
+        "look-alike stops matching them",
+    )
 
 
 # -- search ------------------------------------------------------------------------------------------------------

@@ -187,6 +187,17 @@ def remove_photo(ctx: Ctx, person_id: str, photo_id: str) -> Response:
 
 
 @router.delete(
+    "/{person_id}/rejections/{alert_id}",
+    summary="Take back a rejection: that detection may match the person again",
+    response_model=Person,
+    responses=error_responses(404),
+)
+def remove_rejection(ctx: Ctx, person_id: str, alert_id: str) -> Person:
+    """Rejections are added by acknowledging an alert as a false match (`POST /alerts/{alert_id}/ack`)."""
+    return ctx.watchlist.remove_rejection(person_id, alert_id)
+
+
+@router.delete(
     "/{person_id}",
     summary="Remove a person with every photo and embedding",
     status_code=204,
