@@ -11,6 +11,13 @@ detections matching nobody are false. Each matched detection's embedding is comp
 (the photo the demo enrols, embedded with its box), grouped by who is under the box: the watched identity, its
 look-alikes (one attribute changed), everyone else. The fraction of each group's boxes at or above the calibrated
 threshold says what the matcher sees frame by frame; the demo's alerts also need a consensus over a tracklet.
+
+A second table measures the operator's false-match feedback (`personsearch alerts ack --false-match`): the
+best-scoring detection of the first look-alike track that crosses the threshold is rejected for the watched person,
+as acknowledging its alert would, and each group's share of boxes that still vote for the person (the matcher's rule
+with one person on the watchlist: cosine >= threshold and at least the margin above the cosine to the rejection) is
+shown beside the share that voted before. The look-alike's own later boxes should stop voting; the watched person's
+should not.
 """
 
 from __future__ import annotations
@@ -34,9 +41,12 @@ from detector.weights import DEMO_WEIGHTS, read_weights
 from index.tracker import box_iou
 from personsearch.demo import MIN_HEIGHT_PX, MIN_VISIBLE, DemoOptions
 from training.synth.video import CameraVideoConfig, load_ground_truth, render_camera_set
+from watchlist.matcher import MatcherOptions
 from watchlist.store import decode_photo
 
 logger = logging.getLogger("bench_demo_model")
+
+Matched = tuple[str, str, int, float, np.ndarray]  # a matched detection: group, camera, track, cosine, embedding
 
 
 def camera_dir(args: argparse.Namespace) -> Path:
@@ -75,6 +85,7 @@ def main() -> int:
 
     found = wanted = false = 0
     cos: dict[str, list[float]] = {"watched": [], "look-alikes": [], "others": []}
+    matched: list[Matched] = []  # (group, camera, track, cosine, embedding)
     started, frames_seen = time.perf_counter(), 0
     for cam in meta["cameras"]:
         truth = load_ground_truth(cams / Path(cam["ground_truth"]).name)
@@ -108,6 +119,7 @@ def main() -> int:
                         else "others"
                     )
                     cos[group].append(float(embeddings[j] @ query))
+                    matched.append((group, cam["camera"], q.track, cos[group][-1], embeddings[j]))
                 frames_seen += 1
         logger.info("%s: %d frames so far", cam["camera"], frames_seen)
     seconds = time.perf_counter() - started
@@ -133,10 +145,49 @@ def main() -> int:
         f"{MIN_VISIBLE:.0%} visible and {MIN_HEIGHT_PX} px tall), {false} false detections. Cosine of matched "
         f"detections to the watchlist photo of {watched['name']}:"
     )
-    print(summary, table, sep="\n\n")
+    feedback = false_match_table(matched, threshold, MatcherOptions().margin)
+    print(summary, table, feedback, sep="\n\n")
     if not args.no_record:
-        record("demo-model", "Demo cameras: what the model sees", f"{summary}\n\n{table}")
+        record("demo-model", "Demo cameras: what the model sees", f"{summary}\n\n{table}\n\n{feedback}")
     return 0
+
+
+def false_match_table(matched: list[Matched], threshold: float | None, margin: float) -> str:
+    """Votes for the watched person before and after rejecting the first look-alike that would have alerted."""
+    if threshold is None:
+        return "False-match feedback: no threshold, nothing to reject."
+    crossing = [m for m in matched if m[0] == "look-alikes" and m[3] >= threshold]
+    if not crossing:
+        return f"False-match feedback: no look-alike box reaches the threshold {threshold}; nothing to reject."
+    camera, track = crossing[0][1], crossing[0][2]
+    chosen = max((m for m in crossing if m[1:3] == (camera, track)), key=lambda m: m[3])
+    rejection = chosen[4]
+    rows = []
+    for name, keep in (
+        ("watched", lambda m: m[0] == "watched"),
+        ("the rejected look-alike (same track)", lambda m: m[0] == "look-alikes" and m[1:3] == (camera, track)),
+        ("other look-alikes", lambda m: m[0] == "look-alikes" and m[1:3] != (camera, track)),
+        ("others", lambda m: m[0] == "others"),
+    ):
+        group = [m for m in matched if keep(m)]
+        if not group:
+            rows.append([name, 0, "n/a", "n/a", "n/a", "n/a"])
+            continue
+        score = np.array([m[3] for m in group])
+        to_rejection = np.array([float(m[4] @ rejection) for m in group])
+        before = score >= threshold
+        after = before & (score - to_rejection >= margin)
+        rows.append(
+            [name, len(group), f"{score.mean():.3f}", f"{to_rejection.mean():.3f}", f"{before.mean():.3f}",
+             f"{after.mean():.3f}"]
+        )  # fmt: skip
+    columns = ["boxes under", "detections", "mean cosine to the photo", "mean cosine to the rejection"]
+    columns += ["voting before", "voting after the rejection"]
+    return (
+        f"False-match feedback: the detection of look-alike track {track} on {camera} with cosine {chosen[3]:.3f} "
+        f"rejected for the watched person (margin {margin}). Share of boxes voting for the watched person:\n\n"
+        + markdown_table(columns, rows)
+    )
 
 
 if __name__ == "__main__":
