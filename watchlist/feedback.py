@@ -33,7 +33,7 @@ def acknowledge_alert(
         if embedding is None:
             raise WatchlistError(
                 f"alert {alert_id} has no stored embedding (raised before rejections existed), so it cannot be "
-                "rejected; lower the person's threshold instead",
+                "rejected; raise the person's threshold instead",
                 409,
             )
         with contextlib.suppress(PersonNotFoundError):
