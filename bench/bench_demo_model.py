@@ -14,10 +14,10 @@ threshold says what the matcher sees frame by frame; the demo's alerts also need
 
 A second table measures the operator's false-match feedback (`personsearch alerts ack --false-match`): the
 best-scoring detection of the first look-alike track that crosses the threshold is rejected for the watched person,
-as acknowledging its alert would, and each group's share of boxes that still vote for the person (the matcher's rule
-with one person on the watchlist: cosine >= threshold and at least the margin above the cosine to the rejection) is
-shown beside the share that voted before. The look-alike's own later boxes should stop voting; the watched person's
-should not.
+as acknowledging its alert would, and each group's share of boxes that still vote for the person (the matcher's rule,
+`watchlist.matcher.vote`, with one person on the watchlist: cosine >= threshold and at least the margin above the
+cosine to the rejection) is shown beside the share that voted before. The look-alike's own later boxes should stop
+voting; the watched person's should not.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from detector.weights import DEMO_WEIGHTS, read_weights
 from index.tracker import box_iou
 from personsearch.demo import MIN_HEIGHT_PX, MIN_VISIBLE, DemoOptions
 from training.synth.video import CameraVideoConfig, load_ground_truth, render_camera_set
-from watchlist.matcher import MatcherOptions
+from watchlist.matcher import MatcherOptions, vote
 from watchlist.store import decode_photo
 
 logger = logging.getLogger("bench_demo_model")
 
-Matched = tuple[str, str, int, float, np.ndarray]  # a matched detection: group, camera, track, cosine, embedding
+Matched = tuple[str, str, int, float, float, np.ndarray]  # group, camera, track, cosine, detection score, embedding
 
 
 def camera_dir(args: argparse.Namespace) -> Path:
@@ -84,8 +84,7 @@ def main() -> int:
     query = engine.embed(image, np.array([box], np.float32))[0]
 
     found = wanted = false = 0
-    cos: dict[str, list[float]] = {"watched": [], "look-alikes": [], "others": []}
-    matched: list[Matched] = []  # (group, camera, track, cosine, embedding)
+    matched: list[Matched] = []
     started, frames_seen = time.perf_counter(), 0
     for cam in meta["cameras"]:
         truth = load_ground_truth(cams / Path(cam["ground_truth"]).name)
@@ -98,7 +97,7 @@ def main() -> int:
                 people = truth.frames[index].people
                 det = engine.detect([frame.to_ndarray(format="rgb24")])[0]
                 keep = det.scores >= det_thresh
-                boxes, embeddings = det.boxes[keep], det.embeddings[keep]
+                boxes, embeddings, det_scores = det.boxes[keep], det.embeddings[keep], det.scores[keep]
                 gt = np.array([q.box for q in people], np.float32).reshape(-1, 4)
                 ious = box_iou(gt, boxes)
                 countable = [
@@ -118,15 +117,15 @@ def main() -> int:
                         if q.track in lookalike
                         else "others"
                     )
-                    cos[group].append(float(embeddings[j] @ query))
-                    matched.append((group, cam["camera"], q.track, cos[group][-1], embeddings[j]))
+                    cosine = float(embeddings[j] @ query)
+                    matched.append((group, cam["camera"], q.track, cosine, float(det_scores[j]), embeddings[j]))
                 frames_seen += 1
         logger.info("%s: %d frames so far", cam["camera"], frames_seen)
     seconds = time.perf_counter() - started
 
     rows = []
-    for group, values in cos.items():
-        v = np.array(values)
+    for group in ("watched", "look-alikes", "others"):
+        v = np.array([m[3] for m in matched if m[0] == group])
         above = f"{(v >= threshold).mean():.3f}" if threshold is not None and len(v) else "n/a"
         stats = (
             [f"{v.mean():.3f}", f"{np.percentile(v, 10):.3f}", f"{np.percentile(v, 90):.3f}", f"{v.max():.3f}"]
@@ -145,14 +144,14 @@ def main() -> int:
         f"{MIN_VISIBLE:.0%} visible and {MIN_HEIGHT_PX} px tall), {false} false detections. Cosine of matched "
         f"detections to the watchlist photo of {watched['name']}:"
     )
-    feedback = false_match_table(matched, threshold, MatcherOptions().margin)
+    feedback = false_match_table(matched, threshold, MatcherOptions())
     print(summary, table, feedback, sep="\n\n")
     if not args.no_record:
         record("demo-model", "Demo cameras: what the model sees", f"{summary}\n\n{table}\n\n{feedback}")
     return 0
 
 
-def false_match_table(matched: list[Matched], threshold: float | None, margin: float) -> str:
+def false_match_table(matched: list[Matched], threshold: float | None, opt: MatcherOptions) -> str:
     """Votes for the watched person before and after rejecting the first look-alike that would have alerted."""
     if threshold is None:
         return "False-match feedback: no threshold, nothing to reject."
@@ -161,7 +160,7 @@ def false_match_table(matched: list[Matched], threshold: float | None, margin: f
         return f"False-match feedback: no look-alike box reaches the threshold {threshold}; nothing to reject."
     camera, track = crossing[0][1], crossing[0][2]
     chosen = max((m for m in crossing if m[1:3] == (camera, track)), key=lambda m: m[3])
-    rejection = chosen[4]
+    rejection = chosen[5]
     rows = []
     for name, keep in (
         ("watched", lambda m: m[0] == "watched"),
@@ -174,9 +173,13 @@ def false_match_table(matched: list[Matched], threshold: float | None, margin: f
             rows.append([name, 0, "n/a", "n/a", "n/a", "n/a"])
             continue
         score = np.array([m[3] for m in group])
-        to_rejection = np.array([float(m[4] @ rejection) for m in group])
-        before = score >= threshold
-        after = before & (score - to_rejection >= margin)
+        to_rejection = np.array([float(m[5] @ rejection) for m in group])
+        thresholds = np.array([threshold], np.float32)
+        no_rejection = np.array([-np.inf])
+        before = np.array([vote(np.array([m[3]]), no_rejection, m[4], thresholds, opt) == 0 for m in group])
+        after = np.array(
+            [vote(np.array([m[3]]), np.array([r]), m[4], thresholds, opt) == 0 for m, r in zip(group, to_rejection)]
+        )
         rows.append(
             [name, len(group), f"{score.mean():.3f}", f"{to_rejection.mean():.3f}", f"{before.mean():.3f}",
              f"{after.mean():.3f}"]
@@ -185,7 +188,7 @@ def false_match_table(matched: list[Matched], threshold: float | None, margin: f
     columns += ["voting before", "voting after the rejection"]
     return (
         f"False-match feedback: the detection of look-alike track {track} on {camera} with cosine {chosen[3]:.3f} "
-        f"rejected for the watched person (margin {margin}). Share of boxes voting for the watched person:\n\n"
+        f"rejected for the watched person (margin {opt.margin}). Share of boxes voting for the watched person:\n\n"
         + markdown_table(columns, rows)
     )
 

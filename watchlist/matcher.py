@@ -70,6 +70,26 @@ class MatcherOptions:
     tracker: TrackerOptions = field(default_factory=lambda: TrackerOptions(max_gap_s=2.0, update_every=10**9))
 
 
+def vote(
+    scores: np.ndarray, rejected: np.ndarray, det_score: float, thresholds: np.ndarray, opt: MatcherOptions
+) -> int:
+    """The person one detection votes for, or -1.
+
+    ``scores``: its cosine to each person's best photo; ``rejected``: to each person's closest rejection (-inf: none);
+    ``thresholds``: each person's threshold.
+    """
+    if det_score < opt.min_det_score or len(scores) == 0:
+        return -1
+    order = np.argsort(-scores)
+    best = int(order[0])
+    if not scores[best] >= thresholds[best]:
+        return -1
+    runner_up = max(float(scores[int(order[1])]) if len(order) > 1 else -np.inf, float(rejected[best]))
+    if scores[best] - runner_up < opt.margin:
+        return -1
+    return best
+
+
 @dataclass
 class _Vote:
     seq: int
@@ -200,18 +220,18 @@ class MatcherService:
             state = self.tracks.get(tid)
             if state is None:
                 state = self.tracks[tid] = _TrackState(msg.capture_ts, deque(maxlen=self.opt.window_frames))
-            vote = self._vote(scores[j], rejected[j], msg.scores[j])
+            choice = vote(scores[j], rejected[j], msg.scores[j], self.thresholds, self.opt)
             crop = msg.crops[j] if j < len(msg.crops) else b""
             state.votes.append(
-                _Vote(msg.seq, msg.capture_ts, msg.media_ts, vote, float(scores[j][vote]) if vote >= 0 else 0.0,
+                _Vote(msg.seq, msg.capture_ts, msg.media_ts, choice, float(scores[j][choice]) if choice >= 0 else 0.0,
                       msg.boxes[j], crop, emb[j])
             )  # fmt: skip
-            if vote < 0:
+            if choice < 0:
                 continue
-            person = self.persons[vote]
+            person = self.persons[choice]
             if person.person_id in state.alerted:
                 continue
-            mine = [v for v in state.votes if v.person == vote]
+            mine = [v for v in state.votes if v.person == choice]
             if len(mine) >= self.opt.consensus_frames:
                 state.alerted.add(person.person_id)
                 best = max(mine, key=lambda v: v.score)
@@ -226,19 +246,6 @@ class MatcherService:
                     )
                 )  # fmt: skip
         return alerts
-
-    def _vote(self, scores: np.ndarray, rejected: np.ndarray, det_score: float) -> int:
-        """The person this detection votes for, or -1 (``rejected``: its cosine to each person's closest rejection)."""
-        if det_score < self.opt.min_det_score or len(scores) == 0:
-            return -1
-        order = np.argsort(-scores)
-        best = int(order[0])
-        if not scores[best] >= self.thresholds[best]:
-            return -1
-        runner_up = max(float(scores[int(order[1])]) if len(order) > 1 else -np.inf, float(rejected[best]))
-        if scores[best] - runner_up < self.opt.margin:
-            return -1
-        return best
 
     def publish(self, alert: AlertMessage) -> bool:
         """Raise ``alert`` unless its (person, camera) is cooling down; True if raised."""
@@ -303,4 +310,4 @@ def _alert_id(camera: str, seq: int, person_id: str) -> str:
     return "al-" + hashlib.sha1(f"{camera}\0{seq}\0{person_id}".encode()).hexdigest()[:16]
 
 
-__all__ = ["MatcherOptions", "MatcherService"]
+__all__ = ["MatcherOptions", "MatcherService", "vote"]
