@@ -22,7 +22,7 @@ from training.synth.render import (
     person_aspect,
     render_background,
 )
-from training.synth.world import PRESETS, SynthConfig, generate_world, main_synth
+from training.synth.world import PRESETS, SynthConfig, generate_world, load_world_truth, main_synth
 
 TINY = PRESETS["tiny"]
 
@@ -180,6 +180,35 @@ def test_every_image_holds_unlabeled_passers_by(world: Path) -> None:
             labeled[_text(s["imname"])] = labeled.get(_text(s["imname"]), 0) + 1
     for entry in _mat(world, "annotation/Images.mat", "Img")[0]:
         assert entry["box"].shape[1] > labeled.get(_text(entry["imname"]), 0)
+
+
+def test_world_json_says_what_every_annotated_box_is(world: Path, tmp_path: Path) -> None:
+    truth = load_world_truth(world)
+    img = _mat(world, "annotation/Images.mat", "Img")[0]
+    assert set(truth) == {_text(e["imname"]) for e in img}
+    for entry in img:
+        boxes = truth[_text(entry["imname"])]
+        assert len(boxes) == entry["box"].shape[1], "one entry per box, in Images.mat order"
+        for b, hard in zip(boxes, entry["box"][0]["ishard"]):
+            assert 0.0 <= b.visible <= 1.0 and bool(hard.item()) == (b.visible <= TINY.hard_visible_max)
+    # Labeled boxes name the same identity Person.mat puts there (matched by box position).
+    where = {}
+    for cell in _mat(world, "annotation/Person.mat", "Person")[0]:
+        for s in cell["scene"][0]:
+            where[(_text(s["imname"]), tuple(s["idlocate"][0].astype(int)))] = _text(cell["idname"])
+    for entry in img:
+        name = _text(entry["imname"])
+        for b, box in zip(truth[name], entry["box"][0]):
+            assert b.identity == where.get((name, tuple(box["idlocate"][0].astype(int))))
+    passers = [b for boxes in truth.values() for b in boxes if b.identity is None]
+    looks = [b for b in passers if b.lookalike_of is not None]
+    assert looks and len(looks) < len(passers), "some passers-by, not all, copy an identity"
+    assert all(b.changed in LOOKALIKE_ATTRIBUTES for b in looks)
+    assert all(b.changed is None for b in passers if b.lookalike_of is None)
+    identities = {b.identity for boxes in truth.values() for b in boxes} - {None}
+    assert {b.lookalike_of for b in looks} <= identities
+    with pytest.raises(FileNotFoundError, match="not a synthetic world"):
+        load_world_truth(tmp_path)
 
 
 def test_config_refuses_a_pool_too_small_for_its_gallery() -> None:

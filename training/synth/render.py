@@ -137,7 +137,14 @@ class Appearance:
 
     def lookalike(self, rng: np.random.Generator) -> Appearance:
         """A different person who shares this palette and build but differs in exactly one visible attribute."""
+        return self.lookalike_changing(rng)[0]
+
+    def lookalike_changing(self, rng: np.random.Generator) -> tuple[Appearance, str]:
+        """``lookalike`` and the name of the attribute it changed (one of ``LOOKALIKE_ATTRIBUTES``)."""
         attribute = LOOKALIKE_ATTRIBUTES[int(rng.integers(len(LOOKALIKE_ATTRIBUTES)))]
+        return self._changed(rng, attribute), attribute
+
+    def _changed(self, rng: np.random.Generator, attribute: str) -> Appearance:
         if attribute == "top_color":
             return replace(self, top_color=_distinct_colour(rng, self.top_color))
         if attribute == "top_pattern":

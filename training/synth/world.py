@@ -9,6 +9,7 @@ those of /work/shared/cuhk-sysu-layout.md, so the real ``CUHKSYSU`` loader reads
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import multiprocessing
@@ -166,6 +167,8 @@ class _PersonPlan:
     identity: int  # index into the world's identities (train first, then test); -1 for a passer-by
     small: bool
     occlusion: float  # fraction of the box to hide, 0 = unoccluded
+    lookalike_of: int = -1  # for a look-alike passer-by: the identity it copies
+    changed: str = ""  # ... and the attribute it changed (render.LOOKALIKE_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
@@ -253,11 +256,14 @@ def _plan(config: SynthConfig, seed: int) -> tuple[list[_ScenePlan], np.ndarray,
             _PersonPlan(appearances[k], k, bool(rng.random() < config.small_fraction), occlusion()) for k in labeled[i]
         ]
         for _ in range(int(rng.integers(config.passersby[0], config.passersby[1] + 1))):
+            source, changed = -1, ""
             if rng.random() < look_p:
-                look = appearances[int(rng.choice(split))].lookalike(look_rng)
+                source = int(rng.choice(split))
+                look, changed = appearances[source].lookalike_changing(look_rng)
             else:
                 look = Appearance.random(look_rng)
-            persons.append(_PersonPlan(look, -1, bool(rng.random() < config.small_fraction), occlusion()))
+            small = bool(rng.random() < config.small_fraction)
+            persons.append(_PersonPlan(look, -1, small, occlusion(), source, changed))
         order = rng.permutation(len(persons))  # labeled people are not always first in the annotation
         persons_per_image.append([persons[j] for j in order])
 
@@ -460,6 +466,7 @@ def generate_world(
         img_rows.append({"imname": scene.name, "nAppear": _double(len(result.boxes)), "box": boxes})
     _savemat(out_dir / "annotation" / "Images.mat", "Img", _struct(img_rows, ("imname", "nAppear", "box")))
     _savemat(out_dir / "annotation" / "pool.mat", "pool", _cell([scenes[i].name for i in pool]))
+    _write_truth(out_dir / WORLD_TRUTH_FILE, seed, config, scenes, results, names)
 
     # Every appearance of every labeled identity, in image order: the Train/Person "scene" lists.
     appearances: dict[int, list[tuple[int, int]]] = {}
@@ -519,6 +526,67 @@ def generate_world(
     )
     logger.info("synthetic world written: %s", summary)
     return summary
+
+
+WORLD_TRUTH_FILE = "world.json"  # beside Image/ and annotation/: what every annotated box is, for error analysis
+
+
+@dataclass(frozen=True)
+class BoxTruth:
+    """What the renderer knows about one annotated box that the CUHK-SYSU files do not say."""
+
+    identity: str | None  # the labeled identity (train or test), None for a passer-by
+    lookalike_of: str | None  # for a look-alike passer-by: the identity it copies in all but one attribute
+    changed: str | None  # ... the attribute it changed (render.LOOKALIKE_ATTRIBUTES)
+    small: bool  # drawn shorter than the config's small_height
+    occluder: float  # fraction of the box an occluder was drawn over (0: none; other people are not counted)
+    visible: float  # fraction of the person's own pixels left showing (occluders and nearer people)
+
+
+def _write_truth(
+    path: Path,
+    seed: int,
+    config: SynthConfig,
+    scenes: list[_ScenePlan],
+    results: list[_SceneResult],
+    names: list[str],
+) -> None:
+    images = {
+        scene.name: [
+            asdict(
+                BoxTruth(
+                    identity=names[p.identity] if p.identity >= 0 else None,
+                    lookalike_of=names[p.lookalike_of] if p.lookalike_of >= 0 else None,
+                    changed=p.changed or None,
+                    small=p.small,
+                    occluder=round(p.occlusion, 4),
+                    visible=round(float(v), 4),
+                )
+            )
+            for p, v in zip(scene.persons, result.visible)
+        ]
+        for scene, result in zip(scenes, results)
+    }
+    doc = {"version": 1, "seed": seed, "config": config.model_dump(mode="json"), "images": images}
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def load_world_truth(root: Path | str) -> dict[str, list[BoxTruth]]:
+    """Image name -> one ``BoxTruth`` per annotated box, in ``Images.mat`` order, from a world's ``world.json``.
+
+    Raises FileNotFoundError for a dataset that is not a synthetic world (or one generated before the file existed:
+    generating it again with the same seed and settings gives the same images and annotations, plus this file).
+    """
+    path = Path(root) / WORLD_TRUTH_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: not a synthetic world, or one generated before {WORLD_TRUTH_FILE} existed "
+            "(run `personsearch synth` again with the same seed and settings)"
+        )
+    doc = json.loads(path.read_text())
+    if doc.get("version") != 1:
+        raise ValueError(f"{path}: version {doc.get('version')!r}, this code reads 1")
+    return {name: [BoxTruth(**b) for b in boxes] for name, boxes in doc["images"].items()}
 
 
 def _galleries(
@@ -585,4 +653,13 @@ def main_synth(
     return generate_world(Path(out), seed, config, progress=progress, workers=workers).as_dict()
 
 
-__all__ = ["PRESETS", "SynthConfig", "WorldSummary", "generate_world", "main_synth"]
+__all__ = [
+    "PRESETS",
+    "WORLD_TRUTH_FILE",
+    "BoxTruth",
+    "SynthConfig",
+    "WorldSummary",
+    "generate_world",
+    "load_world_truth",
+    "main_synth",
+]
