@@ -56,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _parse_set(args.set)
     if args.data:
         overrides["data.root"] = args.data
+    if args.eval_data:
+        overrides["data.eval_root"] = args.eval_data
     if args.output:
         overrides["output_dir"] = args.output
     if args.device:
@@ -282,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the joint model (torchrun for several GPUs)")
     t.add_argument("--config", required=True, help="a YAML file, or a bundled name such as oim-r18-synth")
     t.add_argument("--data", help="dataset root (overrides data.root)")
+    t.add_argument("--eval-data", help="evaluate on this dataset's test split instead (overrides data.eval_root)")
     t.add_argument("--output", help="run folder (overrides output_dir)")
     t.add_argument("--device", help="cpu, cuda or auto")
     t.add_argument(

@@ -16,6 +16,7 @@ from detector.weights import load_model, save_weights
 from training.config import TrainConfig, load_train_config
 from training.data import IterationSampler
 from training.engine import Trainer, build_trainer, lr_factor
+from training.synth.world import PRESETS, generate_world
 
 # A network small enough to take a few steps on the CPU in a test.
 TINY_MODEL = {
@@ -129,6 +130,21 @@ def test_training_run_writes_metrics_plot_checkpoint_and_loadable_weights(tiny_w
     # A finished run resumed is a no-op: nothing trains again.
     again = build_trainer(cfg, progress=False)
     assert again.iteration == 4
+
+
+def test_eval_root_scores_another_worlds_test_split(tiny_world: Path, tmp_path: Path) -> None:
+    """Train on one world, evaluate on another's protocol (data.eval_root; `personsearch train --eval-data`)."""
+    other = tmp_path / "other"
+    generate_world(other, seed=1, config=PRESETS["tiny"].model_copy(update={"test_identities": 4}), progress=False)
+    raw = tiny_config(tiny_world, tmp_path / "run").model_dump()
+    raw["data"].update(eval_root=str(other), eval_max_queries=None)
+    trainer = build_trainer(TrainConfig(**raw), progress=False)
+    assert trainer.dataset.root != trainer.eval_dataset.root
+    assert trainer.dataset.num_train_identities == 8, "the lookup table is sized by the training world"
+    (result,) = trainer.evaluate()
+    assert result["num_queries"] == 4, "the other world's 4 queries, not the training world's 6"
+    same = build_trainer(tiny_config(tiny_world, tmp_path / "run2"), progress=False)
+    assert same.eval_dataset is same.dataset
 
 
 def test_cpu_bf16_option_runs_the_network_in_bf16_and_trains_fp32_weights(tiny_world: Path, tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Path = Path("data/cuhk_sysu")
+    # Evaluate on this dataset's test split instead of root's (None: root's). Train on one world, e.g. a synthetic one
+    # with many more identities, and score on another's protocol.
+    eval_root: Path | None = None
     hflip: bool = True
     num_workers: int = 2
     eval_gallery_size: int = 100

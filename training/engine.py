@@ -71,6 +71,7 @@ class Trainer:
         _seed_everything(cfg.seed + self.rank)
 
         self.dataset = CUHKSYSU(cfg.data.root)
+        self.eval_dataset = CUHKSYSU(cfg.data.eval_root) if cfg.data.eval_root is not None else self.dataset
         train_scenes = self.dataset.train_scenes()
         num_labeled = self.dataset.num_train_identities
         if num_labeled != cfg.loss.num_labeled:
@@ -265,12 +266,12 @@ class Trainer:
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     def evaluate(self) -> list[dict[str, Any]]:
-        """Evaluate the current weights on the test split (search at the configured gallery size)."""
+        """Evaluate the current weights on the test split (``data.eval_root``'s if set) at the eval gallery size."""
         self.model.eval()
         try:
             results = evaluate_engine(
                 TorchEngine(self.model, self.device),
-                self.dataset,
+                self.eval_dataset,
                 (self.cfg.data.eval_gallery_size,),
                 max_queries=self.cfg.data.eval_max_queries,
                 progress=self.progress,
