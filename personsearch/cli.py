@@ -92,6 +92,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     summary = run_recipe(
         Path(args.data), Path(args.runs), tuple(args.losses), scale=args.scale, device=args.device,
         gallery_size=args.gallery_size, train_overrides=_parse_set(args.set),
+        train_data=Path(args.train_data) if args.train_data else None,
     )  # fmt: skip
     print(format_comparison(summary))
     print(f"written: {Path(args.runs) / 'recipe.json'}")
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("--data", required=True, help="dataset root in the CUHK-SYSU layout (personsearch synth)")
     rc.add_argument("--runs", default="runs/recipe", help="folder of every step's output; finished steps are skipped")
+    rc.add_argument("--train-data", help="train every step on this dataset instead (evaluation stays on --data)")
     rc.add_argument("--losses", nargs="+", default=["oim", "softmax"], choices=["oim", "softmax"])
     rc.add_argument("--scale", type=float, default=1.0, help="multiplies every step's iterations (GPU: 10 or more)")
     rc.add_argument("--device", default="auto", help="cpu, cuda or auto")

@@ -67,3 +67,25 @@ def test_recipe_refuses_unknown_losses_and_a_missing_dataset(tmp_path: Path, tin
         run_recipe(tmp_path / "nothing", tmp_path)
     with pytest.raises(ValueError, match="scale"):
         RecipeSteps().scaled(0)
+
+
+def test_recipe_trains_on_train_data_and_scores_on_data(tiny_world: Path, tmp_path: Path) -> None:
+    """`personsearch recipe --train-data`: every step trains on one world, the evaluation uses the other's split."""
+    from training.synth.world import PRESETS, generate_world
+
+    other = tmp_path / "train-world"
+    generate_world(other, seed=1, config=PRESETS["tiny"].model_copy(update={"train_identities": 6}), progress=False)
+    runs = tmp_path / "runs"
+    kwargs = dict(scale=SCALE, device="cpu", gallery_size=50, progress=False, train_overrides=SMALL)
+    summary = run_recipe(tiny_world, runs, losses=("oim",), train_data=other, **kwargs)  # type: ignore[arg-type]
+    assert summary["data"] == str(tiny_world) and summary["train_data"] == str(other)
+    for run in ("oim-r18-synth", "oim-r18-synth-ft"):
+        config = read_weights(runs / run / "model_final.pt")["meta"]["train_config"]
+        assert config["data"]["root"] == str(other), run
+    crops = json.loads((runs / "pretrain" / "r18-crops.json").read_text())
+    assert crops["train_identities"] + crops["heldout_identities"] == 6, "pre-trained on the 6 identities of other"
+    assert summary["results"]["oim"]["gallery_size"] == 50
+    cache = json.loads((runs / "oim-r18-synth-ft" / "eval-g50.json").read_text())
+    assert cache["data"] == str(tiny_world)
+    with pytest.raises(FileNotFoundError, match="CUHK-SYSU layout"):
+        run_recipe(tiny_world, tmp_path / "r2", train_data=tmp_path / "nothing")
