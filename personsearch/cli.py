@@ -266,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="generate a synthetic person-search world in the CUHK-SYSU layout")
     s.add_argument("--out", required=True, help="output folder (the dataset root)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--preset", default="default", help="size preset: default or tiny")
+    s.add_argument(
+        "--preset", default="default",
+        help="default (the test split everything is scored on), tiny (tests), train3k (3,000 rarely seen identities)",
+    )  # fmt: skip
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SynthConfig field")
     s.set_defaults(func=cmd_synth)
 

@@ -127,6 +127,17 @@ PRESETS: dict[str, SynthConfig] = {
         test_instances=(2, 4),
         gallery_sizes=(50,),
     ),
+    # A training world in CUHK-SYSU's regime (5,532 identities in 11,206 images, most seen in 2-3 images): 3,000
+    # identities in 6,000 images, 2-6 images each, so each is rarely seen. Its own test split is only a token one;
+    # networks trained on it are scored on the default world's (`personsearch recipe --train-data`).
+    "train3k": SynthConfig(
+        train_identities=3000,
+        train_images=6000,
+        train_instances=(2, 6),
+        test_identities=10,
+        pool_images=60,
+        gallery_sizes=(50,),
+    ),
 }
 
 
