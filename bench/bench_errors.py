@@ -38,11 +38,11 @@ from training.datasets.cuhk_sysu import CUHKSYSU
 from training.evaluation import average_precision, load_results
 from training.inference import evaluate_engine
 from training.synth.render import LOOKALIKE_ATTRIBUTES
-from training.synth.world import load_world_truth
+from training.synth.world import SynthConfig, load_world_truth
 
 logger = logging.getLogger("bench_errors")
 
-OCCLUDED_VISIBLE = 0.7
+OCCLUDED_VISIBLE = SynthConfig().occlusion_visible_max  # the Occlusion subset's rule: at most 70% visible
 SMALL_PX = 80
 CLEAR_PX = 100
 CATEGORIES = ("match", "look-alike of the query", "other look-alike", "other labeled", "stranger")
