@@ -211,6 +211,30 @@ def test_world_json_says_what_every_annotated_box_is(world: Path, tmp_path: Path
         load_world_truth(tmp_path)
 
 
+def test_twin_identities_are_labeled_one_attribute_copies_of_other_training_identities(
+    world: Path, tmp_path: Path
+) -> None:
+    config = TINY.model_copy(update={"train_twin_fraction": 0.5})
+    generate_world(tmp_path, seed=0, config=config, progress=False)
+    truth, plain = load_world_truth(tmp_path), load_world_truth(world)
+    cells = _mat(tmp_path, "annotation/test/train_test/Train.mat", "Train")[:, 0]
+    train = {_text(cell[0, 0]["idname"]) for cell in cells}
+    twins = {b.identity: (b.lookalike_of, b.changed) for boxes in truth.values() for b in boxes if b.identity}
+    twins = {k: v for k, v in twins.items() if v[0] is not None}
+    assert len(twins) == round(0.5 * TINY.train_identities), "half the training identities are twins"
+    sources = [source for source, _ in twins.values()]
+    assert set(twins) <= train and set(sources) <= train, "twins pair training identities only"
+    assert len(set(sources)) == len(sources) and not set(sources) & set(twins), "each source has one twin, no chains"
+    assert all(changed in LOOKALIKE_ATTRIBUTES for _, changed in twins.values())
+    # Only appearances change: every identity is in the same images, the galleries are the same.
+    assert [[b.identity for b in boxes] for boxes in truth.values()] == [
+        [b.identity for b in boxes] for boxes in plain.values()
+    ]
+    for rel in ("annotation/pool.mat", "annotation/test/train_test/TestG50.mat"):
+        assert (tmp_path / rel).read_bytes() == (world / rel).read_bytes()
+    assert not any(b.lookalike_of for boxes in plain.values() for b in boxes if b.identity), "off by default"
+
+
 def test_config_refuses_a_pool_too_small_for_its_gallery() -> None:
     with pytest.raises(ValidationError, match="pool_images"):
         SynthConfig(pool_images=100, gallery_sizes=(50, 100))

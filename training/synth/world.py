@@ -69,6 +69,9 @@ class SynthConfig(BaseModel):
     lookalike_fraction: float = Field(
         default=0.3, ge=0, le=1
     )  # passers-by who copy a labeled identity but one attribute
+    # Training identities drawn as a copy of another training identity with one attribute changed ("twins"): labeled
+    # look-alike pairs, so the lookup table always holds both and the loss must tell them apart on that attribute.
+    train_twin_fraction: float = Field(default=0.0, ge=0, le=0.5)
     distractor_images: float = Field(default=0.25, ge=0, lt=1)  # fraction of the pool holding no test identity
     distractor_lookalike_fraction: float = Field(default=0.6, ge=0, le=1)  # passers-by in those that are look-alikes
     photometric_strength: float = Field(default=1.0, ge=0)  # 0 = ideal camera
@@ -178,7 +181,7 @@ class _PersonPlan:
     identity: int  # index into the world's identities (train first, then test); -1 for a passer-by
     small: bool
     occlusion: float  # fraction of the box to hide, 0 = unoccluded
-    lookalike_of: int = -1  # for a look-alike passer-by: the identity it copies
+    lookalike_of: int = -1  # for a look-alike passer-by or a twin identity: the identity it copies
     changed: str = ""  # ... and the attribute it changed (render.LOOKALIKE_ATTRIBUTES)
 
 
@@ -233,6 +236,7 @@ def _plan(config: SynthConfig, seed: int) -> tuple[list[_ScenePlan], np.ndarray,
     n_train, n_test = config.train_identities, config.test_identities
     appearances = [Appearance.random(look_rng) for _ in range(n_train + n_test)]
     names = [f"p{k}" for k in rng.permutation(np.arange(1, n_train + n_test + 1))]
+    twin_of = _twins(config, root, appearances)
 
     n_images = config.train_images + config.pool_images
     pool = np.sort(rng.permutation(n_images)[: config.pool_images])  # pool names interleave with training names
@@ -264,7 +268,10 @@ def _plan(config: SynthConfig, seed: int) -> tuple[list[_ScenePlan], np.ndarray,
         if is_pool[i] and i not in holder_set:
             look_p = config.distractor_lookalike_fraction
         persons = [
-            _PersonPlan(appearances[k], k, bool(rng.random() < config.small_fraction), occlusion()) for k in labeled[i]
+            _PersonPlan(
+                appearances[k], k, bool(rng.random() < config.small_fraction), occlusion(), *twin_of.get(k, (-1, ""))
+            )
+            for k in labeled[i]
         ]
         for _ in range(int(rng.integers(config.passersby[0], config.passersby[1] + 1))):
             source, changed = -1, ""
@@ -288,6 +295,26 @@ def _plan(config: SynthConfig, seed: int) -> tuple[list[_ScenePlan], np.ndarray,
     image_seeds = image_seq.spawn(n_images)
     scenes = [_ScenePlan(f"s{i + 1}.jpg", image_seeds[i], tuple(persons_per_image[i])) for i in range(n_images)]
     return scenes, pool, names, queries
+
+
+def _twins(
+    config: SynthConfig, root: np.random.SeedSequence, appearances: list[Appearance]
+) -> dict[int, tuple[int, str]]:
+    """Turn ``train_twin_fraction`` of the training identities into one-attribute copies of others, in place.
+
+    Returns {twin: (source, changed attribute)}. Each source has one twin and is not a twin itself. The draws come from
+    a fourth child of the world's seed, so a world without twins is byte-identical to one made before the option.
+    """
+    n_twins = round(config.train_twin_fraction * config.train_identities)
+    if n_twins == 0:
+        return {}
+    twin_rng = np.random.default_rng(root.spawn(1)[0])
+    order = twin_rng.permutation(config.train_identities)
+    twin_of = {}
+    for twin, source in zip(order[:n_twins].tolist(), order[n_twins : 2 * n_twins].tolist()):
+        appearances[twin], changed = appearances[source].lookalike_changing(twin_rng)
+        twin_of[twin] = (source, changed)
+    return twin_of
 
 
 def _guarantee_subsets(
@@ -547,7 +574,7 @@ class BoxTruth:
     """What the renderer knows about one annotated box that the CUHK-SYSU files do not say."""
 
     identity: str | None  # the labeled identity (train or test), None for a passer-by
-    lookalike_of: str | None  # for a look-alike passer-by: the identity it copies in all but one attribute
+    lookalike_of: str | None  # for a look-alike passer-by or a twin: the identity it copies in all but one attribute
     changed: str | None  # ... the attribute it changed (render.LOOKALIKE_ATTRIBUTES)
     small: bool  # drawn shorter than the config's small_height
     occluder: float  # fraction of the box an occluder was drawn over (0: none; other people are not counted)
