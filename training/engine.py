@@ -418,6 +418,8 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     ax_map.set(xlabel="iteration", ylabel="score", ylim=(0, 1), title="evaluation")
     if ax_map.lines:
         ax_map.legend()
+    else:  # eval_period < 0, or a run shorter than its first evaluation: say so instead of leaving an empty frame
+        ax_map.text(0.5, 0.5, "no evaluation during this run", ha="center", va="center", transform=ax_map.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
