@@ -68,6 +68,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--fps", type=float, default=5.0, help="frames per second sampled, as the demo's cameras")
     p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("SHORT", "CAP"), help="instead of the weights file's input size"
+    )
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -76,7 +79,7 @@ def main() -> int:
     meta = json.loads((cams / "cameras.json").read_text())
     watched = meta["identities"][0]
     weights = Path(args.weights) if args.weights else DEMO_WEIGHTS
-    engine = load_engine("torch", weights)
+    engine = load_engine("torch", weights, input_size=args.input_size)
     threshold = args.threshold if args.threshold is not None else read_weights(weights)["meta"].get("match_threshold")
     det_thresh = DetectorOptions().det_thresh
     image, _ = decode_photo((cams / "photos" / f"{watched['name']}.jpg").read_bytes())

@@ -55,9 +55,11 @@ def _labelled(spec: str) -> tuple[str, str]:
     return label, path
 
 
-def gt_box_results(data: Path, weights: str, gallery_size: int, out: Path) -> Path:
+def gt_box_results(
+    data: Path, weights: str, gallery_size: int, out: Path, input_size: tuple[int, int] | None = None
+) -> Path:
     """Embed the annotated boxes and queries with ``weights`` (the --gt-boxes protocol) into a results file."""
-    engine = load_engine("torch", weights=Path(weights), device="cpu")
+    engine = load_engine("torch", weights=Path(weights), device="cpu", input_size=input_size)
     res = evaluate_engine(
         engine, CUHKSYSU(data), gallery_sizes=(gallery_size,), gt_boxes=True, results_path=out, progress=True
     )
@@ -72,8 +74,8 @@ def analyse(data: Path, results: Path, gallery_size: int) -> dict:
     annotated = {s.name: s.boxes for s in dataset.test_scenes()}
     loaded = load_results(results)
     per_image, qemb = loaded.per_image(), loaded.query_embeddings
-    ap = {"full": [], "no query look-alikes": [], "no look-alikes": []}
-    top1 = {k: [] for k in ap}
+    ap: dict[str, list[float]] = {"full": [], "no query look-alikes": [], "no look-alikes": []}
+    top1: dict[str, list[float]] = {k: [] for k in ap}
     cos: dict[str, list[float]] = defaultdict(list)
     pairs: list[tuple[float, bool, float, float, float, float]] = []  # cos, beats all, q vis, q h, m vis, m h
     by_attr: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -120,8 +122,8 @@ def analyse(data: Path, results: Path, gallery_size: int) -> dict:
         for j in np.flatnonzero(y):
             pairs.append((s[j], s[j] > best_neg, qt.visible, qh, vis[j], heights[j]))
         for j in np.flatnonzero(c == "look-alike of the query"):
-            by_attr[attrs[j]][0] += int(s[j] > best_match)
-            by_attr[attrs[j]][1] += 1
+            by_attr[str(attrs[j])][0] += int(s[j] > best_match)
+            by_attr[str(attrs[j])][1] += 1
     return {
         "queries": len(top1["full"]),
         "mAP": {k: float(np.mean(v)) for k, v in ap.items()},
@@ -151,6 +153,9 @@ def main() -> int:
     p.add_argument("--model", type=_labelled, action="append", default=[], help="LABEL=WEIGHTS, repeatable")
     p.add_argument("--results", type=_labelled, action="append", default=[], help="LABEL=NPZ saved with --gt-boxes")
     p.add_argument("--gallery-size", type=int, default=100)
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("SHORT", "CAP"), help="run every --model at this input size"
+    )
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -159,7 +164,7 @@ def main() -> int:
     found: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, weights) in enumerate(models):
-            npz = gt_box_results(data, weights, args.gallery_size, Path(tmp) / f"m{i}.npz")
+            npz = gt_box_results(data, weights, args.gallery_size, Path(tmp) / f"m{i}.npz", args.input_size)
             found.append((label, analyse(data, npz, args.gallery_size)))
     for label, npz in args.results:
         found.append((label, analyse(data, Path(npz), args.gallery_size)))

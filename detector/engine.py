@@ -159,15 +159,17 @@ class OnnxRuntimeEngine(Engine):
 ENGINES = ("torch", "onnxruntime")
 
 
-def onnx_cache_dir(weights: Path) -> Path:
+def onnx_cache_dir(weights: Path, input_size: tuple[int, int] | None = None) -> Path:
     """Where the export of ``weights`` is cached: per content hash under the user's cache (site-packages may be
-    read-only), ``$PERSONSEARCH_CACHE`` or ``~/.cache/personsearch``."""
+    read-only), ``$PERSONSEARCH_CACHE`` or ``~/.cache/personsearch``; an ``input_size`` other than the file's own
+    (the resize is inside the graphs) gets its own folder."""
     import hashlib
     import os
 
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("PERSONSEARCH_CACHE", Path.home() / ".cache" / "personsearch"))
-    return root / "onnx" / f"{Path(weights).stem}-{digest}"
+    size = "" if input_size is None else f"-{input_size[0]}x{input_size[1]}"
+    return root / "onnx" / f"{Path(weights).stem}-{digest}{size}"
 
 
 def load_engine(
@@ -176,24 +178,34 @@ def load_engine(
     onnx_dir: Path | None = None,
     device: str = "cpu",
     threads: int = 0,
+    input_size: tuple[int, int] | None = None,
 ) -> Engine:
     """Build an engine: ``torch`` from a weights file (default: the bundled demo), ``onnxruntime`` from an export.
 
     With ``onnxruntime`` and no ``onnx_dir``, the weights are exported once to a cache folder (``onnx_cache_dir``).
     ``threads``: CPU threads for inference (0: the runtime's default, one per core); fewer than the cores leaves
-    the rest to the other workers of a one-machine deployment.
+    the rest to the other workers of a one-machine deployment. ``input_size``: (shorter side, longer-side cap) every
+    image is resized to instead of the weights file's own (``detector.weights.load_model``); an existing export
+    (``onnx_dir``) has its size inside its graphs, so the two cannot be combined.
     """
-    from detector.weights import DEMO_WEIGHTS, load_model
+    from detector.weights import DEMO_WEIGHTS, check_input_size, load_model
 
+    if input_size is not None:
+        input_size = check_input_size(input_size)
     if kind == "torch":
-        return TorchEngine(load_model(weights, device), device, threads)
+        return TorchEngine(load_model(weights, device, input_size), device, threads)
     if kind == "onnxruntime":
         if onnx_dir is None:
             from detector.export import export_onnx
 
             src = Path(weights) if weights is not None else DEMO_WEIGHTS
-            onnx_dir = onnx_cache_dir(src)
+            onnx_dir = onnx_cache_dir(src, input_size)
             if not (onnx_dir / MANIFEST).is_file():  # the manifest is written last: its presence means complete
-                export_onnx(load_model(src), onnx_dir)
+                export_onnx(load_model(src, input_size=input_size), onnx_dir)
+        elif input_size is not None:
+            raise ValueError(
+                f"{onnx_dir} is an export: its input size is fixed inside its graphs; export again with "
+                "`personsearch export --input-size` or give the weights file instead"
+            )
         return OnnxRuntimeEngine(onnx_dir, threads=threads)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

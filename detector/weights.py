@@ -31,6 +31,16 @@ def save_weights(model: OIMNet, path: Path, half: bool = False, meta: dict[str, 
     return path
 
 
+def check_input_size(input_size: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(shorter side, longer-side cap) in pixels, checked: both positive, the cap at least the shorter side."""
+    if len(input_size) != 2:
+        raise ValueError(f"input size is (shorter side, longer-side cap), got {list(input_size)}")
+    short, cap = (int(v) for v in input_size)
+    if short < 32 or cap < short:
+        raise ValueError(f"input size {short}, {cap}: the shorter side must be >= 32 and the cap >= the shorter side")
+    return short, cap
+
+
 def read_weights(path: Path) -> dict[str, Any]:
     """Read a weights file (or a training checkpoint, which embeds one) and check its format."""
     if not Path(path).is_file():
@@ -48,12 +58,21 @@ def float_state(blob: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
 
 
-def load_model(path: Path | None = None, device: str | torch.device = "cpu") -> OIMNet:
-    """Build the network described by a weights file and load it in eval mode (default: the bundled demo model)."""
+def load_model(
+    path: Path | None = None, device: str | torch.device = "cpu", input_size: tuple[int, int] | None = None
+) -> OIMNet:
+    """Build the network described by a weights file and load it in eval mode (default: the bundled demo model).
+
+    ``input_size`` (shorter side, longer-side cap in pixels) replaces the size the file's config resizes every image
+    to (``min_size``, ``max_size``). The weights do not depend on it (the network is convolutional), but what the
+    network was trained at is where it is known to work, and a watchlist threshold calibrated at one size is not
+    calibrated at another.
+    """
     path = Path(path) if path is not None else DEMO_WEIGHTS
     blob = read_weights(path)
     # The file has every weight: download nothing, read no backbone file.
-    cfg = ModelConfig(**{**blob["config"], "pretrained": "none", "backbone_weights": None})
+    sizes = {} if input_size is None else dict(zip(("min_size", "max_size"), check_input_size(input_size)))
+    cfg = ModelConfig(**{**blob["config"], "pretrained": "none", "backbone_weights": None, **sizes})
     model = OIMNet(cfg)
     model.load_state_dict(float_state(blob))
     logger.info("loaded %s (%s) from %s", cfg.name, blob.get("meta", {}).get("description", ""), path)

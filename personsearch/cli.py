@@ -17,6 +17,16 @@ from personsearch.runtime import WORKERS as WORKER_NAMES
 logger = logging.getLogger("personsearch")
 
 
+INPUT_SIZE_ARGS = ("--input-size",)
+INPUT_SIZE_KWARGS: dict[str, Any] = dict(
+    type=int,
+    nargs=2,
+    metavar=("SHORT", "CAP"),
+    help="resize every image to this shorter side, the longer side capped at CAP, instead of the weights file's own "
+    "size (e.g. 480 800 for the demo model's 640 x 480 worlds at their native resolution)",
+)
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """``key.sub=value`` pairs; values parsed as YAML scalars (numbers, booleans, lists)."""
     out = {}
@@ -105,6 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.results and args.gt_boxes:
         raise ValueError("--gt-boxes embeds the annotated boxes with a model; a saved results file has no model")
+    if args.results and args.input_size:
+        raise ValueError("--input-size resizes a model's input; a saved results file has no model")
     dataset = CUHKSYSU(Path(args.data))
     subsets = [None if s == "all" else s for s in args.subset]
     results: list[dict[str, Any]] = []
@@ -126,7 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from detector.engine import load_engine
         from training.inference import evaluate_engine
 
-        engine = load_engine(args.engine, Path(args.weights) if args.weights else None, device=args.device)
+        engine = load_engine(
+            args.engine, Path(args.weights) if args.weights else None, device=args.device, input_size=args.input_size
+        )
         results = evaluate_engine(
             engine,
             dataset,
@@ -149,7 +163,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from detector.export import export_onnx
     from detector.weights import load_model
 
-    paths = export_onnx(load_model(Path(args.weights) if args.weights else None), Path(args.out))
+    model = load_model(Path(args.weights) if args.weights else None, input_size=args.input_size)
+    paths = export_onnx(model, Path(args.out))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -346,11 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score identification alone: the gallery is every annotated person, embedded like a query, "
         "instead of the detector's output (detection AP and recall are then 1 by construction)",
     )
+    e.add_argument(*INPUT_SIZE_ARGS, **INPUT_SIZE_KWARGS)
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="export the detection and query graphs to ONNX")
     x.add_argument("--weights", help="weights file (default: the bundled demo model)")
     x.add_argument("--out", required=True, help="output folder for detect.onnx, query.onnx, model.json")
+    x.add_argument(*INPUT_SIZE_ARGS, **INPUT_SIZE_KWARGS)
     x.set_defaults(func=cmd_export)
 
     u = sub.add_parser("up", help="run every worker of the pipeline (supervised) until Ctrl-C")

@@ -147,6 +147,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.save and settings.engine.onnx_dir is None and settings.engine.weights is None:
         raise ValueError("--save writes into the weights file: name it (engine.weights), not the bundled model")
+    if args.save and settings.engine.input_size is not None:
+        raise ValueError(
+            "--save stores the threshold with the model, which runs at its own input size; calibrated at "
+            "engine.input_size, set the printed value as watchlist.default_threshold instead"
+        )
     cal = run(settings.engine.load(), Path(args.data), args.gallery_size, args.target_fmr,
               Path(args.json) if args.json else None, Path(args.plot) if args.plot else None)  # fmt: skip
     print(cal.table())

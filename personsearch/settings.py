@@ -46,10 +46,29 @@ class EngineSettings(_Section):
         description="CPU threads for inference; 0: the runtime's default (one per core). Fewer than the cores leaves "
         "the rest to ingest, tracking and indexing on the same machine",
     )
+    input_size: tuple[int, int] | None = Field(
+        default=None,
+        description="[shorter side, longer-side cap] in pixels every frame is resized to; default: the weights "
+        "file's own. Larger finds and tells apart small people better and costs more per frame; recalibrate the "
+        "watchlist threshold at the size you run (`personsearch watchlist calibrate`)",
+    )
+
+    @model_validator(mode="after")
+    def _check_input_size(self) -> EngineSettings:
+        if self.input_size is not None:
+            from detector.weights import check_input_size
+
+            check_input_size(self.input_size)
+            if self.onnx_dir is not None:
+                raise ValueError(
+                    "engine.input_size cannot change an existing export (engine.onnx_dir): its size is "
+                    "inside its graphs; export again with `personsearch export --input-size`"
+                )
+        return self
 
     def load(self) -> Engine:
         """The engine these settings describe (exports the weights to ONNX once for ``onnxruntime``)."""
-        return load_engine(self.kind, self.weights, self.onnx_dir, self.device, self.threads)
+        return load_engine(self.kind, self.weights, self.onnx_dir, self.device, self.threads, self.input_size)
 
 
 class IngestSettings(_Section):

@@ -76,3 +76,35 @@ def test_export_command_writes_detection_and_query_graphs(small_weights: Path, t
     assert (tmp_path / "onnx" / manifest["detect"]).stat().st_size > 1_000_000
     assert (tmp_path / "onnx" / manifest["query"]).stat().st_size > 1_000_000
     assert manifest["config"]["min_size"] == 192
+
+
+def test_eval_and_export_take_an_input_size(tiny_world: Path, small_weights: Path, tmp_path: Path) -> None:
+    assert (
+        main(["export", "--weights", str(small_weights), "--out", str(tmp_path / "onnx"), "--input-size", "160", "224"])
+        == 0
+    )
+    manifest = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert (manifest["config"]["min_size"], manifest["config"]["max_size"]) == (160, 224)
+    args = ["eval", "--data", str(tiny_world), "--gallery-size", "50", "--weights", str(small_weights)]
+    small, native = tmp_path / "small.json", tmp_path / "native.json"
+    assert main([*args, "--gt-boxes", "--input-size", "96", "128", "--json", str(small)]) == 0
+    assert main([*args, "--gt-boxes", "--input-size", "300", "400", "--json", str(native)]) == 0
+    # The same random network embeds the same boxes differently at another size (it is convolutional, not blind).
+    assert json.loads(small.read_text())["mAP"] != json.loads(native.read_text())["mAP"]
+    # A cap below the shorter side, and a saved results file (no model to resize), are refused.
+    assert main([*args, "--input-size", "300", "200"]) == 2
+    assert (
+        main(["eval", "--data", str(tiny_world), "--results", str(tmp_path / "r.npz"), "--input-size", "96", "128"])
+        == 2
+    )
+
+
+def test_calibrate_will_not_save_a_threshold_measured_at_another_input_size(
+    small_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"engine: {{kind: torch, weights: {small_weights}, input_size: [160, 224]}}\n")
+    before = small_weights.read_bytes()
+    assert main(["watchlist", "--config", str(cfg), "calibrate", "--data", str(tmp_path), "--save"]) == 2
+    assert "watchlist.default_threshold" in caplog.text
+    assert small_weights.read_bytes() == before

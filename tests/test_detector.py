@@ -183,3 +183,30 @@ def test_a_cpu_onnxruntime_shadowing_the_gpu_build_is_reported(
         monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime")])
         engine_module._warn_on_shadowed_gpu_build(["CPUExecutionProvider"])
     assert caplog.text == ""
+
+
+def test_an_input_size_replaces_the_weights_files_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector.engine import onnx_cache_dir
+    from detector.weights import read_weights
+    from personsearch.settings import EngineSettings
+
+    own, resized = load_model(), load_model(input_size=(416, 704))
+    cfg = read_weights(DEMO_WEIGHTS)["config"]
+    assert (own.cfg.min_size, own.cfg.max_size) == (cfg["min_size"], cfg["max_size"]) != (416, 704)
+    assert (resized.cfg.min_size, resized.cfg.max_size) == (416, 704)
+    assert resized.transform.min_size == (416,) and resized.transform.max_size == 704
+    for name, value in own.state_dict().items():  # the same weights: only the resize differs
+        assert torch.equal(value, resized.state_dict()[name]), name
+    for bad in ((480,), (480, 400), (16, 64)):
+        with pytest.raises(ValueError, match="input size"):
+            load_model(input_size=bad)  # type: ignore[arg-type]
+    engine = EngineSettings(kind="torch", input_size=(480, 800)).load()
+    assert isinstance(engine, TorchEngine) and engine.model.cfg.min_size == 480
+    # An export has its resize inside its graphs: a size cannot be laid over it, and each size is cached apart.
+    with pytest.raises(ValueError, match="export again"):
+        load_engine("onnxruntime", onnx_dir=tmp_path, input_size=(480, 800))
+    with pytest.raises(ValueError, match="export again"):
+        EngineSettings(kind="onnxruntime", onnx_dir=tmp_path, input_size=(480, 800))
+    monkeypatch.setenv("PERSONSEARCH_CACHE", str(tmp_path))
+    assert onnx_cache_dir(DEMO_WEIGHTS) != onnx_cache_dir(DEMO_WEIGHTS, (480, 800))
+    assert onnx_cache_dir(DEMO_WEIGHTS, (480, 800)).name.endswith("-480x800")
