@@ -32,7 +32,7 @@ def save_weights(model: OIMNet, path: Path, half: bool = False, meta: dict[str, 
 
 
 def check_input_size(input_size: tuple[int, int] | list[int]) -> tuple[int, int]:
-    """(shorter side, longer-side cap) in pixels, checked: both positive, the cap at least the shorter side."""
+    """(shorter side, longer-side cap) in pixels, checked: the shorter side at least 32, the cap at least that."""
     if len(input_size) != 2:
         raise ValueError(f"input size is (shorter side, longer-side cap), got {list(input_size)}")
     short, cap = (int(v) for v in input_size)

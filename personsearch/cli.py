@@ -17,14 +17,15 @@ from personsearch.runtime import WORKERS as WORKER_NAMES
 logger = logging.getLogger("personsearch")
 
 
-INPUT_SIZE_ARGS = ("--input-size",)
-INPUT_SIZE_KWARGS: dict[str, Any] = dict(
-    type=int,
-    nargs=2,
-    metavar=("SHORT", "CAP"),
-    help="resize every image to this shorter side, the longer side capped at CAP, instead of the weights file's own "
-    "size (e.g. 480 800 for the demo model's 640 x 480 worlds at their native resolution)",
-)
+def _add_input_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("SHORT", "CAP"),
+        help="resize every image to this shorter side, the longer side capped at CAP, instead of the weights file's "
+        "own size (e.g. 480 800 for 640 x 480 images at their native resolution)",
+    )
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -361,13 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score identification alone: the gallery is every annotated person, embedded like a query, "
         "instead of the detector's output (detection AP and recall are then 1 by construction)",
     )
-    e.add_argument(*INPUT_SIZE_ARGS, **INPUT_SIZE_KWARGS)
+    _add_input_size(e)
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="export the detection and query graphs to ONNX")
     x.add_argument("--weights", help="weights file (default: the bundled demo model)")
     x.add_argument("--out", required=True, help="output folder for detect.onnx, query.onnx, model.json")
-    x.add_argument(*INPUT_SIZE_ARGS, **INPUT_SIZE_KWARGS)
+    _add_input_size(x)
     x.set_defaults(func=cmd_export)
 
     u = sub.add_parser("up", help="run every worker of the pipeline (supervised) until Ctrl-C")
