@@ -113,6 +113,34 @@ def test_queue_wraps_around_and_overwrites_the_oldest() -> None:
     assert int(oim.queue_len) == 2
 
 
+def test_fill_tables_writes_each_identitys_normalised_mean_and_queues_the_last_unlabeled() -> None:
+    oim = OIMLoss(num_features=3, num_labeled=3, queue_size=2)
+    oim.lut[2] = torch.tensor([0.0, 0.0, 1.0])  # an identity absent from the fill keeps its row
+    oim(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([UNLABELED]))  # an old queue entry, to be replaced
+    a, b, c = torch.eye(3)
+    feats = torch.stack([a, 2 * b, a, a + c, c, b])  # features need not be unit length: they are normalised
+    labels = torch.tensor([0, 0, UNLABELED, UNLABELED, -2, UNLABELED])
+
+    rows, queued = oim.fill_tables(feats, labels)
+
+    assert (rows, queued) == (1, 2)
+    torch.testing.assert_close(oim.lut[0], F.normalize(a + b, dim=0))
+    assert torch.equal(oim.lut[1], torch.zeros(3))
+    torch.testing.assert_close(oim.lut[2], c)
+    # Unlabeled in order, the last Q kept (a, then a + c, then b: the queue holds b and a + c).
+    torch.testing.assert_close(oim.queue, torch.stack([b, F.normalize(a + c, dim=0)]))
+    assert int(oim.queue_len) == 2 and int(oim.queue_ptr) == 1
+    # A filled row gives its identity a positive logit from the first step: the loss is below the zero table's.
+    x = F.normalize(a + b, dim=0)[None]
+    assert float(oim(x, torch.tensor([0]))) < float(
+        OIMLoss(num_features=3, num_labeled=3, queue_size=2)(x, torch.tensor([0]))
+    )
+    with pytest.raises(ValueError, match="out of range"):
+        oim.fill_tables(feats[:1], torch.tensor([3]))
+    with pytest.raises(ValueError, match="features must be"):
+        oim.fill_tables(torch.zeros(2, 4), torch.tensor([0, 1]))
+
+
 def test_pushing_more_than_the_queue_in_one_batch_matches_pushing_one_by_one() -> None:
     features = F.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), dim=1)
     unlabeled = torch.full((5,), UNLABELED)

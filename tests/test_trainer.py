@@ -11,10 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 
 from detector.weights import load_model, save_weights
 from training.config import TrainConfig, load_train_config
-from training.data import IterationSampler
+from training.data import IterationSampler, scenes_covering_identities
+from training.datasets.records import SceneRecord
 from training.engine import Trainer, build_trainer, lr_factor
 from training.synth.world import PRESETS, generate_world
 
@@ -72,6 +74,15 @@ def test_sampler_resumed_mid_epoch_continues_the_same_stream_and_shards_disjoint
     r0 = [i for _, (i, _f) in zip(range(5), iter(IterationSampler(10, 3, False, rank=0, world_size=2)))]
     r1 = [i for _, (i, _f) in zip(range(5), iter(IterationSampler(10, 3, False, rank=1, world_size=2)))]
     assert sorted(r0 + r1) == list(range(10))
+
+
+def test_covering_scenes_show_every_labeled_identity_and_each_adds_one() -> None:
+    def scene(name: str, pids: list[int]) -> SceneRecord:
+        return SceneRecord(name, Path(name), np.zeros((len(pids), 4), np.float32), np.array(pids, np.int64))
+
+    scenes = [scene("a", [0, 1, -1]), scene("b", [1, -1]), scene("c", [-1]), scene("d", [2, 0]), scene("e", [1, 2])]
+    assert [s.name for s in scenes_covering_identities(scenes)] == ["a", "d"]
+    assert scenes_covering_identities([]) == []
 
 
 def test_bundled_configs_load_and_the_paper_config_has_the_papers_values() -> None:
@@ -200,6 +211,53 @@ def test_fine_tuning_starts_from_the_whole_given_network_and_refuses_another_arc
             ),
             progress=False,
         )
+
+
+def test_init_tables_fills_the_lookup_table_from_the_starting_network_before_the_first_step(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    first = Trainer(tiny_config(tiny_world, tmp_path / "a"), progress=False)
+    save_weights(first.model, tmp_path / "a.pt")
+    cfg = tiny_config(tiny_world, tmp_path / "b", init_weights=str(tmp_path / "a.pt"), init_tables=True)
+    tuned = Trainer(cfg, progress=False)
+    tuned.hooks = []
+    lut_at_first_step: list[torch.Tensor] = []
+    original_step = tuned.step
+
+    def recording_step(images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        if not lut_at_first_step:
+            lut_at_first_step.append(tuned.id_loss.lut.clone())
+        return original_step(images, targets)
+
+    tuned.step = recording_step  # type: ignore[method-assign]
+    tuned.train()
+
+    # What the starting network gives each labeled identity: the mean of its boxes' embeddings, normalised, over
+    # the images that show every identity once.
+    model = load_model(tmp_path / "a.pt", torch.device("cpu")).eval()
+    scenes = scenes_covering_identities(tuned.train_set.scenes)
+    assert len(scenes) < len(tuned.train_set.scenes)
+    expected = torch.zeros_like(lut_at_first_step[0])
+    with torch.no_grad():
+        for scene in scenes:
+            image = torch.from_numpy(np.array(Image.open(scene.path).convert("RGB"))).permute(2, 0, 1).float() / 255
+            feats = model.embed_boxes([image], [torch.as_tensor(scene.boxes).reshape(-1, 4)])[0]
+            for f, pid in zip(feats, scene.pids):
+                if pid >= 0:
+                    expected[int(pid)] += f
+    seen = expected.norm(dim=1) > 0
+    assert int(seen.sum()) == tuned.id_loss.num_labeled  # every training identity has a box
+    torch.testing.assert_close(lut_at_first_step[0], torch.nn.functional.normalize(expected, dim=1), atol=1e-4, rtol=0)
+    assert int(tuned.id_loss.queue_len) == tuned.id_loss.queue_size  # the tiny world has more passers-by than slots
+    assert tuned.model.training
+
+    # On resume the checkpoint's tables are kept, not refilled.
+    tuned.save_checkpoint()
+    resumed = Trainer(cfg, progress=False)
+    resumed.hooks = []
+    resumed.fill_id_tables = lambda: pytest.fail("tables refilled on resume")  # type: ignore[method-assign]
+    resumed.train()
+    assert torch.equal(resumed.id_loss.lut, tuned.id_loss.lut)
 
 
 def _free_port() -> int:

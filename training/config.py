@@ -60,6 +60,12 @@ class TrainConfig(BaseModel):
     # Fine-tuning: a whole joint network to start from (a weights file or a training checkpoint, e.g. the bundled
     # demo model or an earlier run's model_final.pt) instead of only a backbone. Its architecture must match.
     init_weights: Path | None = None
+    # Before the first iteration of a fresh run, fill OIM's lookup table with each labeled identity's mean embedding
+    # (and the queue with unlabeled persons) as the starting network computes them on training images that show
+    # every labeled identity at least once, instead of starting both at zero. Meant for fine-tuning (init_weights);
+    # costs one inference pass over those images. Ignored by the Softmax baseline and on resume (the checkpoint
+    # holds the tables).
+    init_tables: bool = False
     loss: OIMConfig = OIMConfig()
     loss_weight_id: float = 1.0
     solver: SolverConfig = SolverConfig()

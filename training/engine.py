@@ -27,11 +27,11 @@ from detector.engine import TorchEngine
 from detector.model import OIMNet, TrainingOutput
 from detector.weights import WEIGHTS_FORMAT, float_state, read_weights, save_weights
 from training.config import TrainConfig
-from training.data import IterationSampler, SceneDataset, collate_scenes
+from training.data import IterationSampler, SceneDataset, collate_scenes, scenes_covering_identities
 from training.datasets.cuhk_sysu import CUHKSYSU
 from training.evaluation import format_table
-from training.inference import evaluate_engine
-from training.losses import build_id_loss
+from training.inference import embed_scene_persons, evaluate_engine
+from training.losses import OIMLoss, build_id_loss
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,39 @@ class Trainer:
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         return row
 
+    def fill_id_tables(self) -> None:
+        """``init_tables``: OIM's lookup table and queue from the current network's embeddings of the training persons.
+
+        Embeds the persons of the training images that together show every labeled identity at least once
+        (``scenes_covering_identities``; on ``train3k`` 2,051 of 6,000 images, about 4 per second at 480 x 800 on
+        this project's 2-core CPU), so each row starts as its identity's mean embedding over those images.
+
+        Every rank embeds the same images, then takes rank 0's tables, so they start identical (as the DDP test
+        requires of them throughout).
+        """
+        if not isinstance(self.id_loss, OIMLoss):
+            logger.info("init_tables: the %s loss has no tables to fill", self.cfg.loss.kind)
+            return
+        start = time.perf_counter()
+        scenes = scenes_covering_identities(self.train_set.scenes)
+        feats, labels = embed_scene_persons(self.model, scenes, self.device, progress=self.progress and self.is_main)
+        if feats.numel() == 0:
+            logger.warning("init_tables: no annotated person in the training images; the tables stay empty")
+            return
+        rows, queued = self.id_loss.fill_tables(feats, labels)
+        if self.distributed:
+            for buf in (self.id_loss.lut, self.id_loss.queue, self.id_loss.queue_ptr, self.id_loss.queue_len):
+                dist.broadcast(buf, src=0)
+        logger.info(
+            "init_tables: filled %d of %d lookup-table rows and %d queue entries from %d persons (%d images, %.0f s)",
+            rows,
+            self.id_loss.num_labeled,
+            queued,
+            len(labels),
+            len(scenes),
+            time.perf_counter() - start,
+        )
+
     def _average_id_loss_grads(self) -> None:
         # The identification loss sits outside DDP (OIM's tables sync themselves); the Softmax baseline's
         # classifier has parameters, so average its gradients here as DDP does for the network's.
@@ -211,6 +244,8 @@ class Trainer:
             disable=not (self.progress and self.is_main),
             dynamic_ncols=True,
         )
+        if self.cfg.init_tables and self.iteration == 0:
+            self.fill_id_tables()
         loader = iter(self._loader())
         while self.iteration < max_iters:
             t0 = time.perf_counter()

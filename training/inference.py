@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from detector.engine import Detections, Engine
+from detector.model import OIMNet
 from training.data import load_rgb
 from training.datasets.cuhk_sysu import CUHKSYSU
-from training.datasets.records import QueryRecord
+from training.datasets.records import QueryRecord, SceneRecord
 from training.evaluation import PersonSearchEvaluator, save_results
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,45 @@ def embed_annotated(
         if det.embeddings.shape[1] != dim:
             out[name] = Detections(det.boxes, det.scores, np.zeros((0, dim), np.float32))
     return out
+
+
+@torch.no_grad()
+def embed_scene_persons(
+    model: OIMNet,
+    scenes: Sequence[SceneRecord],
+    device: torch.device,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every annotated person of ``scenes`` embedded from its box by ``model`` (an OIMNet, in eval mode meanwhile).
+
+    Returns (N, E) unit-norm features on the CPU and their (N,) identity labels (``SceneRecord.pids``), in scene
+    order. The trainer fills OIM's lookup table and queue from them before a fine-tune (``init_tables``).
+    """
+    was_training = model.training
+    model.eval()
+    feats: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    bar = tqdm(total=len(scenes), desc="embedding training persons", unit="img", disable=not progress, leave=False)
+    try:
+        for i in range(0, len(scenes), batch_size):
+            chunk = [s for s in scenes[i : i + batch_size] if len(s.boxes)]
+            if chunk:
+                images = [
+                    torch.from_numpy(load_rgb(str(s.path))).permute(2, 0, 1).float().div_(255.0).to(device)
+                    for s in chunk
+                ]
+                boxes = [torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device) for s in chunk]
+                for f in model.embed_boxes(images, boxes):
+                    feats.append(f.float().cpu())
+                labels.extend(torch.as_tensor(s.pids, dtype=torch.int64).reshape(-1) for s in chunk)
+            bar.update(len(scenes[i : i + batch_size]))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(feats), torch.cat(labels)
 
 
 def embed_queries(engine: Engine, dataset: CUHKSYSU, queries: list[QueryRecord], progress: bool = True) -> np.ndarray:

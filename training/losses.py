@@ -176,6 +176,39 @@ class OIMLoss(nn.Module):
             self._update(features, labels)
         return loss
 
+    @torch.no_grad()
+    def fill_tables(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+        """Start the tables from known features instead of zeros (before fine-tuning a trained network).
+
+        features: (N, D) identity features, e.g. every annotated person of the training images embedded by the
+        network about to be fine-tuned; labels: (N,) as in ``forward``. Each labeled identity's row becomes the
+        L2-normalised mean of its features (rows of identities absent from ``labels`` are left as they are);
+        the queue is emptied and the unlabeled features are pushed in order (the last Q remain). Returns
+        (LUT rows written, queue entries). Call it with the same arguments on every rank under DDP.
+
+        Why: with a zero row, an identity's own logit is 0 and Eq. 4 only pushes its features away from the
+        filled rows; with many rarely seen identities (each seen once per epoch) most rows stay empty for much
+        of a short fine-tune.
+        """
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"features must be (N, {self.num_features}), got {tuple(features.shape)}")
+        if labels.shape != features.shape[:1]:
+            raise ValueError(f"labels must be ({features.shape[0]},), got {tuple(labels.shape)}")
+        labels = labels.to(device=self.lut.device, dtype=torch.long)
+        if bool((labels >= self.num_labeled).any()):
+            raise ValueError(f"label out of range: labels must be < num_labeled={self.num_labeled}")
+        x = F.normalize(features.to(device=self.lut.device, dtype=self.lut.dtype), dim=1)
+        is_labeled = labels >= 0
+        sums = torch.zeros_like(self.lut).index_add_(0, labels[is_labeled], x[is_labeled])
+        seen = torch.zeros(self.num_labeled, dtype=torch.bool, device=self.lut.device)
+        seen[labels[is_labeled]] = True
+        self.lut[seen] = F.normalize(sums[seen], dim=1)
+        self.queue.zero_()
+        self.queue_ptr.zero_()
+        self.queue_len.zero_()
+        self._push_queue(x[labels == UNLABELED])
+        return int(seen.sum().item()), int(self.queue_len.item())
+
     def _loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean -log p_t over labeled samples against a detached snapshot of the current tables."""
         is_labeled = labels >= 0
