@@ -80,6 +80,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from training.engine import plot_runs
+
+    runs: dict[str, Path] = {}
+    for spec in args.runs:
+        label, _, folder = spec.rpartition("=")
+        runs[label or Path(folder).name] = Path(folder)
+    out = plot_runs(runs, args.key, Path(args.out), smooth=args.smooth, marks=args.mark)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.pretrain import pretrain_backbone, pretrain_roi
 
@@ -312,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     t.set_defaults(func=cmd_train)
+
+    cv = sub.add_parser("curves", help="compare training runs: one logged metric against iterations, to a PNG")
+    cv.add_argument("runs", nargs="+", metavar="[LABEL=]RUN", help="run folders (with metrics.csv), optionally labeled")
+    cv.add_argument("--key", default="loss_id", help="the metrics.csv column to plot (default loss_id)")
+    cv.add_argument("--smooth", type=int, default=1, help="moving mean over this many logged points")
+    cv.add_argument("--mark", type=float, action="append", default=[], help="a horizontal reference line (repeatable)")
+    cv.add_argument("--out", required=True, help="the PNG to write")
+    cv.set_defaults(func=cmd_curves)
 
     pt = sub.add_parser("pretrain", help="pre-train a backbone on the training identities (crops, then RoIs)")
     pt.add_argument(

@@ -108,3 +108,33 @@ def test_calibrate_will_not_save_a_threshold_measured_at_another_input_size(
     assert main(["watchlist", "--config", str(cfg), "calibrate", "--data", str(tmp_path), "--save"]) == 2
     assert "watchlist.default_threshold" in caplog.text
     assert small_weights.read_bytes() == before
+
+
+def test_curves_compares_runs_and_names_the_keys_a_run_has(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name, scale in (("a", 1.0), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        rows = ["iteration,loss,loss_id,mAP"] + [f"{i},{scale * 9 / i},{scale * 8 / i}," for i in range(1, 30)]
+        (tmp_path / name / "metrics.csv").write_text("\n".join([*rows, "30,1.0,,0.4"]) + "\n")
+    out = tmp_path / "figs" / "loss_id.png"
+    assert (
+        main(
+            [
+                "curves",
+                f"empty table={tmp_path / 'a'}",
+                str(tmp_path / "b"),
+                "--smooth",
+                "5",
+                "--mark",
+                "8.3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["curves", str(tmp_path / "a"), "--key", "det_ap", "--out", str(out)]) == 2
+    assert "never logged 'det_ap'; it has loss, loss_id, mAP" in caplog.text
+    assert main(["curves", str(tmp_path), "--out", str(out)]) == 2
+    assert "has no metrics.csv" in caplog.text

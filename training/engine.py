@@ -461,6 +461,51 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    """A run folder's ``metrics.csv`` as rows of numbers (empty cells left out)."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} has no metrics.csv: is it a training run folder?")
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
+
+
+def plot_runs(runs: dict[str, Path], key: str, path: Path, smooth: int = 1, marks: list[float] | None = None) -> Path:
+    """Compare runs: one metric (e.g. ``loss_id``) against iterations, one line per run, to a PNG.
+
+    ``runs`` maps a legend label to a run folder; ``smooth`` > 1 draws the moving mean over that many logged points;
+    ``marks`` draws horizontal reference lines (e.g. chance for the loss). Raises ValueError when a run never logged
+    ``key``, naming the keys it has.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1, got {smooth}")
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for label, run in runs.items():
+        rows = read_metrics(run)
+        pts = [(r["iteration"], r[key]) for r in rows if key in r and "iteration" in r]
+        if not pts:
+            have = sorted({k for r in rows for k in r} - {"iteration"})
+            raise ValueError(f"{run} never logged {key!r}; it has {', '.join(have) or 'nothing'}")
+        xs, ys = zip(*pts)
+        means = [float(np.mean(ys[max(0, i - smooth + 1) : i + 1])) for i in range(len(ys))]
+        ax.plot(xs, means, label=label, marker="o" if len(xs) < 20 else None)
+    for y in marks or []:
+        ax.axhline(y, color="grey", ls="--", lw=1)
+    suffix = f" (moving mean over {smooth} logged points)" if smooth > 1 else ""
+    ax.set(xlabel="iteration", ylabel=key + suffix)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def build_trainer(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Trainer:
     """A trainer with the standard hooks: metrics, checkpoints, evaluation, plot."""
     trainer = Trainer(cfg, resume=resume, progress=progress)
