@@ -234,6 +234,8 @@ class Trainer:
         for h in self.hooks:
             h.before_train(self)
         max_iters = self.cfg.solver.max_iters
+        if self.cfg.init_tables and self.iteration == 0:
+            self.fill_id_tables()  # before the training bar: the fill shows its own
         self.model.train()
         self.id_loss.train()
         bar = tqdm(
@@ -244,8 +246,6 @@ class Trainer:
             disable=not (self.progress and self.is_main),
             dynamic_ncols=True,
         )
-        if self.cfg.init_tables and self.iteration == 0:
-            self.fill_id_tables()
         loader = iter(self._loader())
         while self.iteration < max_iters:
             t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from detector.engine import Detections, Engine
 from detector.model import OIMNet
-from training.data import load_rgb
+from training.data import SceneDataset, load_rgb
 from training.datasets.cuhk_sysu import CUHKSYSU
 from training.datasets.records import QueryRecord, SceneRecord
 from training.evaluation import PersonSearchEvaluator, save_results
@@ -75,24 +75,20 @@ def embed_scene_persons(
     Returns (N, E) unit-norm features on the CPU and their (N,) identity labels (``SceneRecord.pids``), in scene
     order. The trainer fills OIM's lookup table and queue from them before a fine-tune (``init_tables``).
     """
+    dataset = SceneDataset(scenes)  # the images and boxes as training reads them, unflipped
     was_training = model.training
     model.eval()
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    bar = tqdm(total=len(scenes), desc="embedding training persons", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(dataset), desc="embedding training persons", unit="img", disable=not progress, leave=False)
     try:
-        for i in range(0, len(scenes), batch_size):
-            chunk = [s for s in scenes[i : i + batch_size] if len(s.boxes)]
-            if chunk:
-                images = [
-                    torch.from_numpy(load_rgb(str(s.path))).permute(2, 0, 1).float().div_(255.0).to(device)
-                    for s in chunk
-                ]
-                boxes = [torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device) for s in chunk]
-                for f in model.embed_boxes(images, boxes):
-                    feats.append(f.float().cpu())
-                labels.extend(torch.as_tensor(s.pids, dtype=torch.int64).reshape(-1) for s in chunk)
-            bar.update(len(scenes[i : i + batch_size]))
+        for i in range(0, len(dataset), batch_size):
+            items = [dataset[(j, False)] for j in range(i, min(i + batch_size, len(dataset)))]
+            images = [image.to(device) for image, _, _ in items]
+            boxes = [target["boxes"].to(device) for _, target, _ in items]
+            feats.extend(f.float().cpu() for f in model.embed_boxes(images, boxes))
+            labels.extend(target["pids"] for _, target, _ in items)
+            bar.update(len(items))
     finally:
         bar.close()
         model.train(was_training)
