@@ -156,6 +156,15 @@ class OIMLoss(nn.Module):
         # map_location may have moved the state to the GPU; a CPU generator takes a CPU ByteTensor.
         self._generator.set_state(state["generator_state"].cpu())
 
+    def _check_batch(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """(N, D) features and (N,) labels below ``num_labeled``, or a ValueError saying what is wrong."""
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"features must be (N, {self.num_features}), got {tuple(features.shape)}")
+        if labels.shape != features.shape[:1]:
+            raise ValueError(f"labels must be ({features.shape[0]},), got {tuple(labels.shape)}")
+        if bool((labels >= self.num_labeled).any()):
+            raise ValueError(f"label out of range: labels must be < num_labeled={self.num_labeled}")
+
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean of -log p_t (Eq. 1) over the labeled samples, then (training mode) update the LUT and queue.
 
@@ -163,13 +172,8 @@ class OIMLoss(nn.Module):
         anything below -1 ignored. Returns a scalar; a batch without labeled samples gives a zero that is
         still connected to ``features`` in the autograd graph.
         """
-        if features.dim() != 2 or features.shape[1] != self.num_features:
-            raise ValueError(f"features must be (N, {self.num_features}), got {tuple(features.shape)}")
-        if labels.shape != features.shape[:1]:
-            raise ValueError(f"labels must be ({features.shape[0]},), got {tuple(labels.shape)}")
+        self._check_batch(features, labels)
         labels = labels.to(device=features.device, dtype=torch.long)
-        if bool((labels >= self.num_labeled).any()):
-            raise ValueError(f"label out of range: labels must be < num_labeled={self.num_labeled}")
 
         loss = self._loss(features, labels)
         if self.training:
@@ -190,13 +194,8 @@ class OIMLoss(nn.Module):
         filled rows; with many rarely seen identities (each seen once per epoch) most rows stay empty for much
         of a short fine-tune.
         """
-        if features.dim() != 2 or features.shape[1] != self.num_features:
-            raise ValueError(f"features must be (N, {self.num_features}), got {tuple(features.shape)}")
-        if labels.shape != features.shape[:1]:
-            raise ValueError(f"labels must be ({features.shape[0]},), got {tuple(labels.shape)}")
+        self._check_batch(features, labels)
         labels = labels.to(device=self.lut.device, dtype=torch.long)
-        if bool((labels >= self.num_labeled).any()):
-            raise ValueError(f"label out of range: labels must be < num_labeled={self.num_labeled}")
         x = F.normalize(features.to(device=self.lut.device, dtype=self.lut.dtype), dim=1)
         is_labeled = labels >= 0
         sums = torch.zeros_like(self.lut).index_add_(0, labels[is_labeled], x[is_labeled])
