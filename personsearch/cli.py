@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--preset", default="default",
-        help="default (the test split everything is scored on), tiny (tests), train3k (3,000 rarely seen identities)",
+        help="default (the test split everything is scored on), tiny (tests), train3k (3,000 rarely seen identities), "
+        "test200 (200 query identities, for choosing between networks)",
     )  # fmt: skip
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SynthConfig field")
     s.set_defaults(func=cmd_synth)

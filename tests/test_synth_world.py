@@ -246,6 +246,14 @@ def test_default_preset_offers_testg50_and_testg100() -> None:
     assert 3 <= (sum(default.passersby) / 2 + 0.8) <= 5  # people per image, roughly
 
 
+def test_test200_preset_is_the_default_world_with_more_queries() -> None:
+    """Networks are chosen on test200: it must be as hard as the default world, only with 200 query identities."""
+    sizes = {"test_identities", "pool_images", "train_identities", "train_images"}
+    test200, default = PRESETS["test200"].model_dump(), PRESETS["default"].model_dump()
+    assert {k: v for k, v in test200.items() if k not in sizes} == {k: v for k, v in default.items() if k not in sizes}
+    assert test200["test_identities"] == 200 and set(test200["gallery_sizes"]) == {50, 100}
+
+
 def test_main_synth_applies_overrides_and_rejects_unknown_presets(tmp_path: Path) -> None:
     summary = main_synth(tmp_path, seed=3, preset="tiny", progress=False, train_images=30, pool_images=None)
     assert summary["train_images"] == 30 and summary["pool_images"] == TINY.pool_images
