@@ -247,7 +247,7 @@ def test_default_preset_offers_testg50_and_testg100() -> None:
 
 
 def test_test200_preset_is_the_default_world_with_more_queries() -> None:
-    """Networks are chosen on test200: it must be as hard as the default world, only with 200 query identities."""
+    """Networks are chosen on test200: the default world's settings (renderer, difficulty), 200 query identities."""
     sizes = {"test_identities", "pool_images", "train_identities", "train_images"}
     test200, default = PRESETS["test200"].model_dump(), PRESETS["default"].model_dump()
     assert {k: v for k, v in test200.items() if k not in sizes} == {k: v for k, v in default.items() if k not in sizes}
