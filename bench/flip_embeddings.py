@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import markdown_table
 
 from detector.engine import Engine, load_engine
 from training.datasets.cuhk_sysu import CUHKSYSU
@@ -58,11 +62,9 @@ def main() -> int:
         gt_boxes=args.gallery == "annotated",
         progress=False,
     )
-    print("| subset | mAP | top-1 | top-5 | top-10 | det AP | det recall |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        cells = " | ".join(f"{float(r[k]):.4f}" for k in ("mAP", "top1", "top5", "top10", "det_ap", "det_recall"))
-        print(f"| {r['subset']} | {cells} |")
+    keys = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
+    rows = [[r["subset"], *(f"{float(r[k]):.4f}" for k in keys)] for r in results]
+    print(markdown_table(["subset", "mAP", "top-1", "top-5", "top-10", "det AP", "det recall"], rows))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0
