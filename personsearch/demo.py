@@ -4,8 +4,9 @@ It renders synthetic cameras (people walking, with per-frame ground truth; one o
 a generated photo that is no frame of the videos, the others, look-alikes included, are distractors), starts a
 private Redis and every worker of `personsearch up` plus the HTTP API, registers the cameras (files played at their
 own pace), prints alerts live as they arrive, and ends after the videos (or ``--duration``, or Ctrl-C) with a
-summary measured against the ground truth: true and false alerts, appearances missed, capture-to-alert latency and
-frames per second per camera.
+summary measured against the ground truth: true and false alerts, appearances missed, capture-to-alert latency,
+frames per second per camera and how many of each camera's frames the detector analysed (an overloaded detector
+drops frames to stay live; below 90% analysed, the summary warns that the figures reflect the machine's load).
 
 An *appearance* is one walk of the watchlist person through one camera. It counts as alertable when the person is
 visible enough, long enough, for the matcher to reach its consensus: at least ``consensus_frames + 2`` sampled
@@ -272,10 +273,12 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             settings.watchlist.cooldown_s,
         )  # fmt: skip
         frames = {c: registry.status(c).frames for c in truths}
+        detected = _frames_detected(r, keys, list(truths))
         summary = {
             **{k: v for k, v in summary.items() if k != "appearance_detail"},
             "fps_per_camera": {c: round(float(np.median(v)), 2) if v else 0.0 for c, v in fps_seen.items()},
             "frames_per_camera": frames,
+            "frames_detected_per_camera": detected,
             "sampling_fps": opt.fps,
             "cameras": len(truths),
             "video_seconds": opt.seconds,
@@ -327,6 +330,24 @@ def _wait_for_api(url: str, stop: threading.Event, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
+def _frames_detected(r: Any, keys: Any, cameras: list[str]) -> dict[str, int]:
+    """Frames the detector analysed per camera: one detections message each. The rest were dropped (trimmed from a
+    full frame stream or skipped as stale) because the detector could not keep up with the cameras."""
+    from personsearch.streams import DetectionMessage, decode
+
+    counts = dict.fromkeys(cameras, 0)
+    start = "-"
+    while True:
+        entries: Any = r.xrange(keys.detections, min=start, max="+", count=500)
+        for _, fields in entries:
+            camera = decode(DetectionMessage, fields).camera
+            if camera in counts:
+                counts[camera] += 1
+        if len(entries) < 500:
+            return counts
+        start = "(" + entries[-1][0].decode()
+
+
 def _drained(r: Any, keys: Any, cameras: list[str], groups: Any) -> bool:
     """Every frame detected and every detection matched."""
     for c in cameras:
@@ -351,6 +372,17 @@ def _print_summary(opt: DemoOptions, s: dict[str, Any]) -> None:
         else "n/a (no true alert)"
     )
     fps = ", ".join(f"{c} {v:.1f}" for c, v in s["fps_per_camera"].items())
+    read, done = s["frames_per_camera"], s["frames_detected_per_camera"]
+    analysed = ", ".join(f"{c} {done[c]} of {n}" for c, n in read.items())
+    share = sum(done.values()) / max(1, sum(read.values()))
+    warning = (
+        [
+            f"  WARNING: the detector analysed only {share:.0%} of the frames (the rest were dropped because it could",
+            "  not keep up on this machine): misses and alerts above reflect the machine's load, not only the model",
+        ]
+        if share < 0.9
+        else []
+    )
     _say(
         opt,
         "\n".join(
@@ -369,6 +401,8 @@ def _print_summary(opt: DemoOptions, s: dict[str, Any]) -> None:
                 f"  duplicate alerts                      {s['duplicate_alerts']}",
                 f"  capture-to-alert latency p50 / p95    {lat}",
                 f"  frames/s per camera (sampling {s['sampling_fps']:g})  {fps}",
+                f"  frames analysed by the detector       {analysed}",
+                *warning,
             ]
         ),
     )

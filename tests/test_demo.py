@@ -68,6 +68,10 @@ def test_the_demo_runs_every_worker_and_the_api_and_writes_its_summary(demo_run)
     assert [p["person_id"] for p in seen["watchlist"]] == ["person-1"]
     assert summary["alertable_appearances"] >= 2, summary
     assert all(v >= 4.0 for v in summary["fps_per_camera"].values()), summary["fps_per_camera"]
+    # Frames the detector analysed, counted from its output stream: some, and never more than the cameras sent.
+    detected, read = summary["frames_detected_per_camera"], summary["frames_per_camera"]
+    assert sorted(detected) == ["cam0", "cam1"], detected
+    assert all(0 < detected[c] <= read[c] for c in read), (detected, read)
     # Each appearance alerted at most once (cooldown and one alert per tracklet), and a live client saw every alert.
     assert summary["duplicate_alerts"] == 0, summary["appearance_detail"]
     assert len(seen["sse"]) == summary["true_alerts"] + summary["false_alerts"]
