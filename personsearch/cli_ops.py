@@ -415,7 +415,11 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cameras", type=int, default=2)
     d.add_argument("--seconds", type=float, default=40.0, help="length of each generated camera video")
-    d.add_argument("--fps", type=float, default=5.0, help="frames per second sampled per camera")
+    d.add_argument(
+        "--fps",
+        type=float,
+        help="frames per second sampled per camera (default: what the detector keeps up with here, at most 5)",
+    )
     d.add_argument("--duration", type=float, help="stop after this many seconds (default: when the videos end)")
     d.add_argument("--json", help="write the summary here")
     d.add_argument("--api-port", type=int, default=8080)

@@ -7,6 +7,8 @@ own pace), prints alerts live as they arrive, and ends after the videos (or ``--
 summary measured against the ground truth: true and false alerts, appearances missed, capture-to-alert latency,
 frames per second per camera and how many of each camera's frames the detector analysed (an overloaded detector
 drops frames to stay live; below 90% analysed, the summary warns that the figures reflect the machine's load).
+Unless ``--fps`` says otherwise, the demo times the engine on a few frames first and samples each camera at the rate
+the detector keeps up with on this machine (``auto_sampling_fps``), so that it analyses every frame it is sent.
 
 An *appearance* is one walk of the watchlist person through one camera. It counts as alertable when the person is
 visible enough, long enough, for the matcher to reach its consensus: at least ``consensus_frames + 2`` sampled
@@ -34,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 MIN_VISIBLE = 0.6
 MIN_HEIGHT_PX = 48
+MAX_AUTO_FPS = 5.0  # the sampling rate per camera when the detector is fast enough for it
+MIN_AUTO_FPS = 1.0  # below this, too few frames of a walk past the camera for the matcher's consensus
+# Share of the engine's measured rate the cameras may ask for together: the pipeline's workers, the API, Redis and
+# the demo itself need the rest of the CPU (on 2 cores the detector analysed 76% of 4 frames/s asked for where the
+# engine alone ran about 4.5).
+AUTO_FPS_HEADROOM = 0.6
 DEMO_WORKERS = ["ingest", "detector", "tracker", "indexer", "matcher", "delivery", "api"]
 
 
@@ -45,7 +53,7 @@ class DemoOptions:
     seconds: float = 40.0  # length of each camera's video
     width: int = 640
     height: int = 480
-    fps: float = 5.0  # frames per second sampled from each camera
+    fps: float | None = None  # frames per second sampled from each camera; None: what the detector keeps up with
     duration_s: float | None = None  # stop after this long even if the videos go on
     json_path: Path | None = None
     config: Path | None = None  # a settings YAML (engine, thresholds, ...); the demo sets its own data_dir and Redis
@@ -225,15 +233,24 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         person = Watchlist(r, keys).add(
             engine, "person-1", [PhotoInput(photo.read_bytes(), watched.get("photo_box"))], name=watched["name"]
         )
-        del engine
         _say(opt, f"watchlist: {person.person_id} ({person.name}) from {photo} (a photo, not a video frame)")
+        fps = opt.fps
+        if fps is None:
+            engine_fps = measure_engine_fps(engine, cams_dir / Path(meta["cameras"][0]["video"]).name)
+            fps = auto_sampling_fps(engine_fps, len(meta["cameras"]))
+            _say(
+                opt,
+                f"sampling {fps:g} frames/s per camera: the detector runs {engine_fps:.1f} frames/s on this machine "
+                f"(at most {MAX_AUTO_FPS:g}; --fps sets it)",
+            )
+        del engine
         sup.start_workers()
         _wait_for_workers(r, keys, sup, stop, timeout_s=180)
         _wait_for_api(f"http://{settings.api.host}:{settings.api.port}/health", stop, timeout_s=60)
         registry = CameraRegistry(r, keys)
         for c in meta["cameras"]:
             registry.add(CameraConfig(id=c["camera"], url=f"file://{(cams_dir / Path(c['video']).name).resolve()}",
-                                      fps=opt.fps, loop=False))  # fmt: skip
+                                      fps=fps, loop=False))  # fmt: skip
         t0 = time.time()
         api = f"http://{settings.api.host}:{settings.api.port}"
         _say(opt, f"API: {api}/docs  (X-API-Key: {api_key})")
@@ -269,7 +286,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         elapsed = time.time() - t0
         alerts = AlertLog(r, keys).list(limit=100_000, newest_first=False)
         summary = score_alerts(
-            alerts, truths, {person.person_id: watched["name"]}, opt.fps, settings.watchlist.consensus_frames,
+            alerts, truths, {person.person_id: watched["name"]}, fps, settings.watchlist.consensus_frames,
             settings.watchlist.cooldown_s,
         )  # fmt: skip
         frames = {c: registry.status(c).frames for c in truths}
@@ -279,7 +296,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             "fps_per_camera": {c: round(float(np.median(v)), 2) if v else 0.0 for c, v in fps_seen.items()},
             "frames_per_camera": frames,
             "frames_detected_per_camera": detected,
-            "sampling_fps": opt.fps,
+            "sampling_fps": fps,
             "cameras": len(truths),
             "video_seconds": opt.seconds,
             "run_seconds": round(elapsed, 1),
@@ -299,6 +316,31 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             signal.signal(s, h)
         r.close()
         sup.stop()
+
+
+def measure_engine_fps(engine: Any, video: Path, frames: int = 6) -> float:
+    """Frames per second the engine detects on this machine, one frame at a time, on frames of ``video`` (after one
+    warm-up frame)."""
+    import av
+
+    images = []
+    with av.open(str(video)) as container:
+        for frame in container.decode(video=0):
+            images.append(frame.to_ndarray(format="rgb24"))
+            if len(images) > frames:
+                break
+    engine.detect(images[:1])
+    start = time.perf_counter()
+    for image in images[1:]:
+        engine.detect([image])
+    return (len(images) - 1) / (time.perf_counter() - start)
+
+
+def auto_sampling_fps(engine_fps: float, cameras: int) -> float:
+    """The frames per second to sample from each camera so that the detector keeps up with all of them, with
+    headroom for the rest of the pipeline: at most MAX_AUTO_FPS, at least MIN_AUTO_FPS, rounded down to 0.1."""
+    share = AUTO_FPS_HEADROOM * engine_fps / max(1, cameras)
+    return float(max(MIN_AUTO_FPS, min(MAX_AUTO_FPS, np.floor(share * 10 + 1e-6) / 10)))
 
 
 def _wait_for_workers(r: Any, keys: Any, sup: Any, stop: threading.Event, timeout_s: float) -> None:
@@ -408,4 +450,4 @@ def _print_summary(opt: DemoOptions, s: dict[str, Any]) -> None:
     )
 
 
-__all__ = ["DemoOptions", "appearances", "run_demo", "score_alerts"]
+__all__ = ["DemoOptions", "appearances", "auto_sampling_fps", "measure_engine_fps", "run_demo", "score_alerts"]
