@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ModelConfig(BaseModel):
@@ -48,11 +48,26 @@ class ModelConfig(BaseModel):
     box_bg_iou_thresh: float = 0.5
     embedding_dim: int = 256
     embedding_bn: bool = True  # BatchNorm1d between the projection and the L2 norm (see IdentificationHead)
+    # The id-feat is projected from the conv5 map averaged over this many horizontal stripes (top to bottom),
+    # concatenated, instead of over the whole box: 1 is the paper's global average. With stripes the projection sees
+    # where on the body a feature is (hair above, trousers below). Must divide the conv5 map's height,
+    # ceil(roi_output_size / 2). A network with 1 loads into one with more, unchanged (``expand_stripes``).
+    embedding_stripes: int = Field(default=1, ge=1)
     # Inference post-processing (evaluation filters again at its own det_thresh).
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.4
     detections_per_img: int = 100
     min_box_size: float = 4.0
+
+    @model_validator(mode="after")
+    def _stripes_divide_the_map(self) -> ModelConfig:
+        rows = -(-self.roi_output_size // 2)  # conv5 halves the RoI (3 x 3, stride 2, padding 1)
+        if rows % self.embedding_stripes:
+            raise ValueError(
+                f"embedding_stripes ({self.embedding_stripes}) must divide the conv5 map's height ({rows} rows for "
+                f"roi_output_size {self.roi_output_size})"
+            )
+        return self
 
 
 class OIMConfig(BaseModel):

@@ -137,12 +137,15 @@ class PedestrianProposalHead(nn.Module):
 class IdentificationHead(nn.Module):
     """conv5_x + GAP on the pooled RoIs, then classifier, box regression and the L2-normalised id-feat."""
 
-    def __init__(self, trunk: nn.Module, trunk_channels: int, embedding_dim: int, embedding_bn: bool = True) -> None:
+    def __init__(
+        self, trunk: nn.Module, trunk_channels: int, embedding_dim: int, embedding_bn: bool = True, stripes: int = 1
+    ) -> None:
         super().__init__()
         self.trunk = trunk
+        self.stripes = stripes
         self.cls_score = nn.Linear(trunk_channels, 2)
         self.bbox_pred = nn.Linear(trunk_channels, 2 * 4)
-        self.embedding = nn.Linear(trunk_channels, embedding_dim)
+        self.embedding = nn.Linear(trunk_channels * stripes, embedding_dim)
         # Pooled ReLU features share a large common component, so without centring every projected id-feat starts
         # out nearly parallel; OIM then fills its tables with one vector, where its gradient vanishes (Eq. 4 is
         # v_t - sum p v = 0) and training never leaves that point. BN before the L2 norm removes the common mode.
@@ -153,14 +156,24 @@ class IdentificationHead(nn.Module):
         for layer in (self.cls_score, self.bbox_pred, self.embedding):
             nn.init.zeros_(layer.bias)
 
+    def _features(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """pooled: (R, C, S, S) -> the conv5 map's global average (R, C') and what the id-feat is projected from:
+        the same, or with stripes its average over each horizontal stripe, (R, C' * stripes) ordered (C', stripe)."""
+        if self.stripes == 1:
+            x = self.trunk(pooled)
+            return x, x
+        conv5 = self.trunk.get_submodule("layer4")(pooled)  # (R, C', h, w)
+        striped = conv5.unflatten(2, (self.stripes, -1)).mean(dim=(3, 4))  # (R, C', stripes)
+        return striped.mean(dim=2), striped.flatten(1)
+
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """pooled: (R, C, S, S) -> class logits (R, 2), box deltas (R, 8), id-feats (R, D) unit norm."""
-        x = self.trunk(pooled)
-        return self.cls_score(x), self.bbox_pred(x), F.normalize(self.embedding_norm(self.embedding(x)), dim=1)
+        x, e = self._features(pooled)
+        return self.cls_score(x), self.bbox_pred(x), F.normalize(self.embedding_norm(self.embedding(e)), dim=1)
 
     def embed(self, pooled: Tensor) -> Tensor:
         """pooled: (R, C, S, S) -> id-feats (R, D) unit norm, without the detection outputs."""
-        return F.normalize(self.embedding_norm(self.embedding(self.trunk(pooled))), dim=1)
+        return F.normalize(self.embedding_norm(self.embedding(self._features(pooled)[1])), dim=1)
 
 
 class OIMRoIHeads(RoIHeads):
@@ -249,7 +262,9 @@ class OIMNet(nn.Module):
         )
         roi_pool = MultiScaleRoIAlign([FEATURE_KEY], output_size=cfg.roi_output_size, sampling_ratio=2)
         self.roi_heads = OIMRoIHeads(
-            IdentificationHead(trunk, trunk_channels, cfg.embedding_dim, cfg.embedding_bn), roi_pool, cfg
+            IdentificationHead(trunk, trunk_channels, cfg.embedding_dim, cfg.embedding_bn, cfg.embedding_stripes),
+            roi_pool,
+            cfg,
         )
 
     def forward(

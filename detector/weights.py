@@ -58,6 +58,22 @@ def float_state(blob: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
 
 
+def expand_stripes(state: dict[str, torch.Tensor], stripes_from: int, stripes_to: int) -> dict[str, torch.Tensor]:
+    """A state dict whose id-feat projection reads ``stripes_from`` horizontal stripes, made to read ``stripes_to``
+    (a multiple) and compute the same id-feats: each new stripe gets its old stripe's weights over the number of
+    new stripes in it, since that old stripe's average is their mean. Training then lets the stripes differ."""
+    if stripes_to == stripes_from:
+        return state
+    if stripes_to % stripes_from:
+        raise ValueError(f"cannot expand {stripes_from} embedding stripes to {stripes_to}: not a multiple")
+    key = "roi_heads.box_head.embedding.weight"
+    weight = state[key]
+    dim, columns = weight.shape
+    r = stripes_to // stripes_from
+    expanded = weight.reshape(dim, columns // stripes_from, stripes_from).repeat_interleave(r, dim=2) / r
+    return {**state, key: expanded.reshape(dim, columns * r)}
+
+
 def load_model(
     path: Path | None = None, device: str | torch.device = "cpu", input_size: tuple[int, int] | None = None
 ) -> OIMNet:

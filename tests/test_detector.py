@@ -13,7 +13,7 @@ from detector.config import get_model_config
 from detector.engine import OnnxRuntimeEngine, TorchEngine, load_engine
 from detector.export import export_onnx
 from detector.model import OIMNet, TrainingOutput, build_model
-from detector.weights import DEMO_WEIGHTS, load_model, save_weights
+from detector.weights import DEMO_WEIGHTS, expand_stripes, load_model, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,77 @@ def test_an_input_size_replaces_the_weights_files_own(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PERSONSEARCH_CACHE", str(tmp_path))
     assert onnx_cache_dir(DEMO_WEIGHTS) != onnx_cache_dir(DEMO_WEIGHTS, (480, 800))
     assert onnx_cache_dir(DEMO_WEIGHTS, (480, 800)).name.endswith("-480x800")
+
+
+def _striped(model: OIMNet, stripes: int) -> OIMNet:
+    """``model`` rebuilt with ``stripes`` embedding stripes, its weights expanded as a fine-tuning run loads them."""
+    cfg = model.cfg.model_dump()
+    net = OIMNet(
+        type(model.cfg)(**{**cfg, "embedding_stripes": stripes, "pretrained": "none", "backbone_weights": None})
+    )
+    state = expand_stripes(model.state_dict(), model.cfg.embedding_stripes, stripes)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def test_embedding_stripes_start_as_the_global_average_and_then_see_where_features_are(
+    model: OIMNet, frames: list[np.ndarray]
+) -> None:
+    striped = _striped(model, 4)
+    assert striped.roi_heads.box_head.embedding.in_features == 4 * model.roi_heads.box_head.embedding.in_features
+    a, b = TorchEngine(model).detect(frames[:1])[0], TorchEngine(striped).detect(frames[:1])[0]
+    assert len(a) > 0 and len(a) == len(b)  # the detector's outputs do not depend on the stripes
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    assert np.all((a.embeddings * b.embeddings).sum(axis=1) >= 0.9999)  # expanded: the same id-feats
+
+
+def test_striped_id_feats_see_where_on_the_body_a_feature_is() -> None:
+    """A map and its upside-down copy have the same global average, so one stripe cannot tell them apart; four can."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from detector.model import IdentificationHead
+
+    def head(stripes: int) -> IdentificationHead:
+        trunk = nn.Sequential(OrderedDict(layer4=nn.Identity(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
+        return IdentificationHead(trunk, 8, 16, embedding_bn=False, stripes=stripes).eval()
+
+    torch.manual_seed(0)
+    conv5 = torch.rand(1, 8, 4, 4)
+    pair = torch.cat([conv5, conv5.flip(2)])
+    with torch.no_grad():
+        one, four = head(1).embed(pair), head(4).embed(pair)
+        logits, _, _ = head(4)(pair)
+    assert float(one[0] @ one[1]) > 0.9999
+    assert float(four[0] @ four[1]) < 0.99
+    torch.testing.assert_close(logits[0], logits[1])  # detection still reads the global average
+
+
+def test_embedding_stripes_must_divide_the_conv5_map() -> None:
+    cfg = get_model_config("oim-r18-demo")
+    assert type(cfg)(**{**cfg.model_dump(), "embedding_stripes": 4}).embedding_stripes == 4
+    with pytest.raises(ValueError, match="must divide the conv5 map's height"):
+        type(cfg)(**{**cfg.model_dump(), "roi_output_size": 14, "embedding_stripes": 2})
+    with pytest.raises(ValueError, match="not a multiple"):
+        expand_stripes({"roi_heads.box_head.embedding.weight": torch.zeros(4, 6)}, 2, 3)
+
+
+def test_a_striped_network_exports_and_onnxruntime_matches_torch(
+    tmp_path: Path, model: OIMNet, frames: list[np.ndarray]
+) -> None:
+    striped = _striped(model, 2)
+    head = striped.roi_heads.box_head
+    with torch.no_grad():  # make the stripes differ, as training does
+        head.embedding.weight.mul_(torch.tensor([0.5, 1.5]).repeat(head.embedding.in_features // 2))
+    export_onnx(striped, tmp_path / "onnx")
+    ref, ort = TorchEngine(striped), OnnxRuntimeEngine(tmp_path / "onnx")
+    for frame in frames:
+        a, b = ref.detect([frame])[0], ort.detect([frame])[0]
+        sure = a.scores > striped.cfg.box_score_thresh + 0.01
+        assert sure.any()
+        j, iou = _match(a.boxes[sure], b.boxes)
+        assert np.all(iou >= 0.99)
+        assert np.all((a.embeddings[sure] * b.embeddings[j]).sum(axis=1) >= 0.999)
+        boxes = a.boxes[:3]
+        assert np.all((ref.embed(frame, boxes) * ort.embed(frame, boxes)).sum(axis=1) >= 0.999)

@@ -211,6 +211,22 @@ def test_fine_tuning_starts_from_the_whole_given_network_and_refuses_another_arc
             ),
             progress=False,
         )
+    # Another number of embedding stripes is not another architecture: the projection is expanded to compute the
+    # same id-feats (each stripe's weights the old ones over the stripes), and training lets the stripes differ.
+    striped = Trainer(
+        tiny_config(
+            tiny_world,
+            tmp_path / "e",
+            model_overrides={**TINY_MODEL, "embedding_stripes": 4},
+            init_weights=str(tmp_path / "a.pt"),
+        ),
+        progress=False,
+    ).model.state_dict()["roi_heads.box_head.embedding.weight"]
+    plain = torch.load(tmp_path / "a.pt", weights_only=False)["state_dict"][
+        "roi_heads.box_head.embedding.weight"
+    ].float()
+    assert striped.shape == (plain.shape[0], 4 * plain.shape[1])
+    torch.testing.assert_close(striped.view(plain.shape[0], -1, 4).sum(dim=2), plain)
 
 
 def test_init_tables_fills_the_lookup_table_from_the_starting_network_before_the_first_step(

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from detector.engine import TorchEngine
 from detector.model import OIMNet, TrainingOutput
-from detector.weights import WEIGHTS_FORMAT, float_state, read_weights, save_weights
+from detector.weights import WEIGHTS_FORMAT, expand_stripes, float_state, read_weights, save_weights
 from training.config import TrainConfig
 from training.data import IterationSampler, SceneDataset, collate_scenes, scenes_covering_identities
 from training.datasets.cuhk_sysu import CUHKSYSU
@@ -117,8 +117,13 @@ class Trainer:
     def _load_init_weights(self, path: Path) -> None:
         """Start from a whole trained network (fine-tuning); a resumed checkpoint later overrides it."""
         blob = read_weights(path)
+        state = float_state(blob)
+        stripes = blob["config"].get("embedding_stripes", 1)
+        if stripes != self.model_cfg.embedding_stripes:
+            state = expand_stripes(state, stripes, self.model_cfg.embedding_stripes)
+            logger.info("id-feat projection expanded from %d to %d stripes", stripes, self.model_cfg.embedding_stripes)
         try:
-            self.model.load_state_dict(float_state(blob))
+            self.model.load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"{path} does not fit {self.model_cfg.name}: {str(exc).splitlines()[0]}") from exc
         logger.info("initialised the whole network from %s (%s)", path, blob["config"].get("name"))
