@@ -39,8 +39,8 @@ MIN_HEIGHT_PX = 48
 MAX_AUTO_FPS = 5.0  # the sampling rate per camera when the detector is fast enough for it
 MIN_AUTO_FPS = 1.0  # below this, too few frames of a walk past the camera for the matcher's consensus
 # Share of the engine's measured rate the cameras may ask for together: the pipeline's workers, the API, Redis and
-# the demo itself need the rest of the CPU (on 2 cores the detector analysed 76% of 4 frames/s asked for where the
-# engine alone ran about 4.5).
+# the demo itself need the rest of the CPU, and the engine's speed varies by a fifth between measurements (on 2
+# cores, asked for 4 frames/s, the detector analysed 76% of them).
 AUTO_FPS_HEADROOM = 0.6
 DEMO_WORKERS = ["ingest", "detector", "tracker", "indexer", "matcher", "delivery", "api"]
 
