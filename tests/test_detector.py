@@ -223,9 +223,7 @@ def _striped(model: OIMNet, stripes: int) -> OIMNet:
     return net.eval()
 
 
-def test_embedding_stripes_start_as_the_global_average_and_then_see_where_features_are(
-    model: OIMNet, frames: list[np.ndarray]
-) -> None:
+def test_embedding_stripes_start_as_the_global_average(model: OIMNet, frames: list[np.ndarray]) -> None:
     striped = _striped(model, 4)
     assert striped.roi_heads.box_head.embedding.in_features == 4 * model.roi_heads.box_head.embedding.in_features
     a, b = TorchEngine(model).detect(frames[:1])[0], TorchEngine(striped).detect(frames[:1])[0]
